@@ -1,0 +1,3 @@
+from slmtrain.cli import main
+
+raise SystemExit(main())
