@@ -1,0 +1,188 @@
+"""Decoding: streamed sampling with a KV cache, greedy references with logit margins, log-probs.
+
+Every function runs the model under `torch.no_grad()` in eval mode and puts the model's previous
+training mode back after each forward, so a half-consumed stream never leaves the model in eval mode.
+Inputs go to the device of the model's weights. Prompts are lists of token ids; a prompt longer
+than `seq_len` is cropped to its last `seq_len` tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from slmtrain.model import GPT
+
+
+@contextlib.contextmanager
+def _eval_mode(model: GPT) -> Iterator[None]:
+    # Switching modes walks every module (a fifth of a small model's decode time), so skip it when
+    # the model is already in eval mode, as it is in `slmtrain generate`.
+    was_training = model.training
+    if was_training:
+        model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if was_training:
+            model.train()
+
+
+class _Decoder:
+    """Feeds a growing sequence to the model one token at a time and returns next-token logits.
+
+    With a cache each token is fed once, and the decoder is `full` when the next token no longer fits.
+    Without one the whole sequence is fed every step, cropped to its last seq_len tokens, so it never
+    fills up (and positions slide: the model sees a window, not the true start of the text).
+    """
+
+    def __init__(self, model: GPT, prompt_ids: list[int], use_cache: bool) -> None:
+        seq_len, vocab = model.cfg.seq_len, model.cfg.vocab_size
+        if not prompt_ids:
+            raise ValueError("the prompt is empty: give at least one token id (e.g. the EOS id as a start token)")
+        bad = [t for t in prompt_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        self.model = model
+        self.device = model.wte.weight.device
+        self.ids = list(prompt_ids[-seq_len:])
+        self.cache = model.new_cache(1) if use_cache else None
+        self.pending = list(self.ids)  # tokens the cache has not seen yet
+
+    @property
+    def full(self) -> bool:
+        """True when the cache has no room left for the pending tokens."""
+        return self.cache is not None and self.cache.length + len(self.pending) > self.model.cfg.seq_len
+
+    def next_logits(self) -> Tensor:
+        """fp32 logits (vocab_size,) for the token after `ids`."""
+        feed = self.pending if self.cache is not None else self.ids[-self.model.cfg.seq_len:]
+        idx = torch.tensor([feed], dtype=torch.long, device=self.device)
+        with _eval_mode(self.model):
+            logits, _ = self.model(idx, cache=self.cache)
+        self.pending = []
+        return logits[0, -1].float()
+
+    def push(self, token: int) -> None:
+        self.ids.append(token)
+        self.pending.append(token)
+
+
+def _filter(logits: Tensor, top_k: int, top_p: float) -> Tensor:
+    """Set to -inf every logit outside the top-k and outside the smallest set with probability >= top_p."""
+    if 0 < top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the tokens ranked above it already reach top_p; the top-1 always stays.
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        logits = logits.masked_fill(drop_sorted.scatter(0, order, drop_sorted), float("-inf"))
+    return logits
+
+
+def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, *, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
+             generator: torch.Generator | None = None, use_cache: bool = True) -> Iterator[int]:
+    """Stream new token ids one at a time after `prompt_ids`.
+
+    Greedy (argmax) when temperature is 0, otherwise sampling from softmax(logits / temperature)
+    after top-k and nucleus (top-p) filtering, drawn with `torch.multinomial(generator=generator)`:
+    the same seeded generator gives the same tokens. Arguments are checked at call time; tokens are
+    computed lazily as the iterator is consumed.
+
+    The stream ends after `max_new_tokens`, before yielding `eos_id`, or when the context is full.
+    With the cache at most seq_len - len(prompt) + 1 tokens come out: the last one is predicted from
+    a full context and never fed back. Without the cache the input is cropped to its last
+    seq_len tokens each step, so generation may run past seq_len at the cost of a sliding window and
+    a full forward per token.
+
+    Args:
+        model: the (unwrapped) model; it is used on its own device.
+        prompt_ids: at least one token id; longer than seq_len: only the last seq_len are used.
+        max_new_tokens: upper bound on yielded tokens (>= 0).
+        temperature: 0 for greedy, else > 0.
+        top_k: keep the k most likely tokens (0: off).
+        top_p: keep the smallest set of tokens whose probability reaches top_p, in (0, 1].
+        eos_id: stop when this token is produced (it is not yielded).
+        generator: RNG for sampling; on another device than the model, sampling happens there.
+        use_cache: decode with a KV cache (the fast path).
+
+    Raises:
+        ValueError: a negative max_new_tokens or top_k, a negative or non-finite temperature, top_p
+            outside (0, 1], an empty prompt or token ids outside the vocabulary.
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0.0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0: off), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (1: off), got {top_p}")
+    decoder = _Decoder(model, prompt_ids, use_cache)
+    return _stream(decoder, max_new_tokens, temperature, top_k, top_p, eos_id, generator)
+
+
+def _stream(decoder: _Decoder, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+            eos_id: int | None, generator: torch.Generator | None) -> Iterator[int]:
+    for i in range(max_new_tokens):
+        logits = decoder.next_logits()
+        if temperature == 0.0:
+            token = int(logits.argmax())
+        else:
+            probs = _filter(logits / temperature, top_k, top_p).softmax(-1)
+            if generator is not None:
+                probs = probs.to(generator.device)
+            token = int(torch.multinomial(probs, 1, generator=generator))
+        if token == eos_id:
+            return
+        yield token
+        if i + 1 < max_new_tokens:
+            decoder.push(token)
+            if decoder.full:
+                return
+
+
+def greedy_with_margins(model: GPT, prompt_ids: list[int], n_tokens: int) -> tuple[list[int], list[float]]:
+    """Exactly `n_tokens` greedy tokens (EOS included, not a stop) and each step's top-1 minus top-2 logit.
+
+    The margin is taken on fp32 logits; a replay may legitimately pick another token only where it
+    was small. The KV cache is used when the whole continuation fits in seq_len, otherwise the
+    cropped full-forward path, so the same (prompt, n_tokens, seq_len) always takes the same path.
+
+    Raises:
+        ValueError: n_tokens < 0, an empty prompt or token ids outside the vocabulary.
+    """
+    if n_tokens < 0:
+        raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
+    fits = min(len(prompt_ids), model.cfg.seq_len) + n_tokens - 1 <= model.cfg.seq_len
+    decoder = _Decoder(model, prompt_ids, use_cache=fits)
+    tokens: list[int] = []
+    margins: list[float] = []
+    for _ in range(n_tokens):
+        logits = decoder.next_logits()
+        top2 = torch.topk(logits, min(2, logits.numel())).values
+        token = int(logits.argmax())
+        tokens.append(token)
+        margins.append(float(top2[0] - top2[1]) if top2.numel() == 2 else math.inf)
+        if len(tokens) < n_tokens:
+            decoder.push(token)
+    return tokens, margins
+
+
+def next_token_logprobs(model: GPT, idx: Tensor) -> Tensor:
+    """fp32 log-softmax of the logits: (B, T, vocab_size), the next-token distribution at every position.
+
+    `idx` is (B, T) with T <= seq_len; it is moved to the model's device. Take `[:, -1]` for the
+    distribution after the whole sequence.
+    """
+    with _eval_mode(model):
+        logits, _ = model(idx.to(model.wte.weight.device))
+    return torch.log_softmax(logits.float(), dim=-1)

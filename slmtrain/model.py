@@ -1,0 +1,284 @@
+"""The decoder-only transformer: a GPT-2 flavour and a Llama flavour, built from `ModelConfig` alone.
+
+gpt2:  learned absolute positions (`wpe`), LayerNorm, GELU MLP, biases per `cfg.bias`.
+llama: RoPE on q/k (rotate-half pairing, as in Hugging Face `LlamaAttention`), RMSNorm, SwiGLU MLP,
+       no biases.
+
+Both are pre-norm with a final norm and use `F.scaled_dot_product_attention`. Parameter names follow
+GPT-2 (`wte`, `wpe`, `h.{i}.ln_1`, `h.{i}.attn.c_attn`, `h.{i}.attn.c_proj`, `h.{i}.mlp.c_fc`,
+`h.{i}.mlp.c_proj`, `ln_f`) so weights map onto Hugging Face layouts with little renaming; note that
+`c_attn` and `c_fc` are `nn.Linear`, i.e. (out, in), the transpose of GPT-2's Conv1D.
+
+With tied embeddings (the default) there is no `lm_head` module at all: the logits use `wte.weight`,
+so the matrix appears once in `state_dict()` and tying cannot be broken by loading or re-assigning.
+This module knows nothing of training, data or checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slmtrain.config import ModelConfig
+
+
+def swiglu_hidden(cfg: ModelConfig) -> int:
+    """SwiGLU width: the multiple of 32 nearest to 2/3 * mlp_ratio * n_embd (at least 32).
+
+    The 2/3 keeps the parameter count of the three SwiGLU matrices close to a GELU MLP's two.
+    """
+    return max(32, 32 * round(2 / 3 * cfg.mlp_ratio * cfg.n_embd / 32))
+
+
+class KVCache:
+    """Preallocated keys and values of every layer for incremental decoding.
+
+    `k[i]` and `v[i]` are (B, n_head, seq_len, head_dim); positions [0, length) hold valid entries.
+    `GPT.forward` writes the new positions of every layer, then advances `length`.
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, seq_len: int, head_dim: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        shape = (batch_size, n_head, seq_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.length = 0
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store `k`, `v` (B, n_head, T, head_dim) at [length, length+T) of `layer`; return all valid ones.
+
+        The returned views are (B, n_head, length+T, head_dim). `length` is not advanced here, because
+        every layer writes the same positions; `GPT.forward` advances it once.
+        """
+        end = self.length + k.size(2)
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def reset(self) -> None:
+        """Forget every position (the buffers are kept and overwritten later)."""
+        self.length = 0
+
+
+def rope_angles(head_dim: int, theta: float, start: int, length: int,
+                device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos and sin, each (length, head_dim/2), of positions [start, start+length), in fp32.
+
+    Computed per forward rather than kept in a buffer: buffers would be cast by `model.to(bf16)`
+    and lost by meta-device init, and the cost is negligible next to attention.
+    """
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    pos = torch.arange(start, start + length, device=device, dtype=torch.float32)
+    angles = torch.outer(pos, inv_freq)  # (T, hd/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (i, i + head_dim/2) of x (B, n_head, T, head_dim) by the given angles, in fp32."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        bias = cfg.bias and cfg.flavour == "gpt2"
+        self.n_head = cfg.n_head
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.dropout = cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=bias)  # rows: q | k | v
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=bias)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_dim)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        past = 0 if cache is None else cache.length
+        mask = None
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+            # The cache may hold another dtype than autocast produced (e.g. fp32 buffers, bf16 q).
+            k, v = k.to(q.dtype), v.to(q.dtype)
+            if past > 0 and T > 1:
+                # New query i sits at position past+i and may see keys [0, past+i].
+                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            # With past keys and a single query, every key is visible: no mask at all.
+            is_causal=past == 0 and T > 1)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, n_head, T, hd) -> (B, T, C)
+        return self.resid_drop(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """GELU MLP (gpt2) or SwiGLU (llama); `c_fc` holds [gate | up] rows for SwiGLU."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.swiglu = cfg.flavour == "llama"
+        bias = cfg.bias and not self.swiglu
+        hidden = swiglu_hidden(cfg) if self.swiglu else round(cfg.mlp_ratio * cfg.n_embd)
+        self.c_fc = nn.Linear(cfg.n_embd, (2 if self.swiglu else 1) * hidden, bias=bias)
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.c_fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")  # GPT-2's GELU, so exported weights behave the same
+        return self.drop(self.c_proj(h))
+
+
+def _norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.flavour == "llama":
+        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = _norm(cfg)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = _norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only language model.
+
+    Args:
+        cfg: the model section of a resolved recipe. `vocab_size` must already be resolved (> 0).
+
+    Raises:
+        ValueError: vocab_size is 0, n_embd is not divisible by n_head, an odd head size for RoPE,
+            or an unknown flavour.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size is 0: resolve it from the tokenizer before building GPT")
+        if cfg.n_embd % cfg.n_head:
+            raise ValueError(f"model.n_embd ({cfg.n_embd}) must be divisible by model.n_head ({cfg.n_head})")
+        if cfg.flavour not in ("gpt2", "llama"):
+            raise ValueError(f"model.flavour {cfg.flavour!r} is not 'gpt2' or 'llama'")
+        if cfg.flavour == "llama" and (cfg.n_embd // cfg.n_head) % 2:
+            raise ValueError(f"RoPE needs an even head size, got {cfg.n_embd // cfg.n_head}")
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.seq_len, cfg.n_embd) if cfg.flavour == "gpt2" else None
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = _norm(cfg)
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+
+    @property
+    def output_weight(self) -> Tensor:
+        """The (vocab_size, n_embd) matrix that produces the logits: `wte.weight` itself when tied."""
+        return self.wte.weight if self.cfg.tie_embeddings else self.lm_head.weight
+
+    def reset_parameters(self) -> None:
+        """Initialise every weight from the global torch RNG (deterministic under `torch.manual_seed`).
+
+        normal(0, init_std) for Linear and Embedding weights, zero biases, unit norm weights; the
+        projections that write into the residual stream (attention and MLP `c_proj`) get
+        init_std / sqrt(2 * n_layer) so the residual's variance does not grow with depth.
+        """
+        std = self.cfg.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                scale = math.sqrt(2 * self.cfg.n_layer) if name.endswith("c_proj") else 1.0
+                nn.init.normal_(module.weight, mean=0.0, std=std / scale)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                module.reset_parameters()
+
+    def new_cache(self, batch_size: int, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for `batch_size` sequences; defaults to the device and dtype of the weights."""
+        w = self.wte.weight
+        return KVCache(self.cfg.n_layer, batch_size, self.cfg.n_head, self.cfg.seq_len,
+                       self.cfg.n_embd // self.cfg.n_head, device or w.device, dtype or w.dtype)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None,
+                cache: KVCache | None = None) -> tuple[Tensor, Tensor | None]:
+        """Logits for every position, and the mean next-token loss when targets are given.
+
+        Args:
+            idx: (B, T) token ids.
+            targets: (B, T) token ids to predict; -1 marks positions left out of the loss.
+            cache: continue after the `cache.length` positions already in it, and append these T.
+
+        Returns:
+            logits (B, T, vocab_size) in the compute dtype, and the fp32 cross-entropy or None.
+
+        Raises:
+            ValueError: the context (cache length + T) exceeds seq_len, T is 0, or the batch size
+                differs from the cache's.
+        """
+        B, T = idx.shape
+        past = 0 if cache is None else cache.length
+        if T == 0:
+            raise ValueError("forward needs at least one token per sequence")
+        if past + T > self.cfg.seq_len:
+            raise ValueError(f"context of {past + T} tokens ({past} cached + {T} new) exceeds "
+                             f"model.seq_len ({self.cfg.seq_len}); crop the input")
+        if cache is not None and cache.batch_size != B:
+            raise ValueError(f"batch of {B} sequences but the KV cache was made for {cache.batch_size}")
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(past, past + T, device=idx.device))
+        else:
+            rope = rope_angles(self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_theta, past, T, idx.device)
+        for layer, block in enumerate(self.h):
+            x = block(x, rope, cache, layer)
+        if cache is not None:
+            cache.length += T
+        logits = F.linear(self.ln_f(x), self.output_weight)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            # fp32 so the loss (and its gradient) does not lose precision under bf16/fp16 autocast.
+            loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=-1)
+        return logits, loss
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count, a shared (tied) tensor counted once.
+
+        Args:
+            non_embedding: leave out the token and position embeddings. An untied `lm_head` is a
+                projection, not an embedding, so it stays in.
+        """
+        skip = {id(self.wte.weight)} | ({id(self.wpe.weight)} if self.wpe is not None else set())
+        # parameters() already yields a shared tensor once.
+        return sum(p.numel() for p in self.parameters() if not (non_embedding and id(p) in skip))
+
+    def param_summary(self) -> str:
+        """E.g. "3.21M params (2.69M non-embedding)"."""
+        return f"{_human(self.num_params())} params ({_human(self.num_params(non_embedding=True))} non-embedding)"
+
+
+def _human(n: int) -> str:
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)

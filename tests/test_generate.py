@@ -1,0 +1,152 @@
+"""Contracts of slmtrain.generate: cache equals no cache, seeded sampling, filtering, stops, validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slmtrain.config import ModelConfig
+from slmtrain.generate import _filter, generate, greedy_with_margins, next_token_logprobs
+from slmtrain.model import GPT
+
+FLAVOURS = ("gpt2", "llama")
+SEQ = 24
+
+
+def model_for(flavour: str = "gpt2", seed: int = 0) -> GPT:
+    # A larger init_std than training uses, so greedy continuations of a random model are not
+    # one repeated token and the comparisons below have something to disagree about.
+    cfg = ModelConfig(flavour=flavour, n_layer=2, n_head=4, n_embd=32, seq_len=SEQ, vocab_size=96, init_std=0.3)
+    torch.manual_seed(seed)
+    return GPT(cfg)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("prompt", [[5], [5, 17, 3, 88, 41, 2, 9]], ids=["one-token", "seven-tokens"])
+def test_cached_greedy_equals_uncached_greedy(flavour: str, prompt: list[int]) -> None:
+    model = model_for(flavour)
+    cached = list(generate(model, prompt, 100))
+    uncached = list(generate(model, prompt, 100, use_cache=False))
+    # With the cache generation stops when the context is full; without, it slides on.
+    assert len(cached) == SEQ - len(prompt) + 1
+    assert len(uncached) == 100
+    assert cached == uncached[:len(cached)]
+    assert len(set(cached)) > 3
+
+
+def test_prompt_longer_than_seq_len_is_cropped() -> None:
+    model = model_for()
+    long_prompt = [i % 96 for i in range(40)]
+    assert list(generate(model, long_prompt, 5, use_cache=False)) == \
+        list(generate(model, long_prompt[-SEQ:], 5, use_cache=False))
+    assert list(generate(model, long_prompt, 5)) == list(generate(model, long_prompt[-SEQ:], 1))
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_seeded_sampling_is_reproducible(flavour: str) -> None:
+    model = model_for(flavour)
+
+    def sample(seed: int, **kw: float) -> list[int]:
+        return list(generate(model, [1, 2, 3], 20, temperature=1.0, generator=torch.Generator().manual_seed(seed),
+                             **kw))  # type: ignore[arg-type]
+
+    assert sample(11) == sample(11)
+    assert sample(11) != sample(12)
+    assert sample(11, top_k=5, top_p=0.9) == sample(11, top_k=5, top_p=0.9)
+    assert sample(11) != list(generate(model, [1, 2, 3], 20))  # sampling is not greedy here
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_top_k_1_and_tiny_top_p_equal_greedy(flavour: str) -> None:
+    model = model_for(flavour)
+    greedy = list(generate(model, [4, 8], 15))
+    gen = torch.Generator().manual_seed(0)
+    assert list(generate(model, [4, 8], 15, temperature=1.5, top_k=1, generator=gen)) == greedy
+    assert list(generate(model, [4, 8], 15, temperature=1.5, top_p=1e-6, generator=gen)) == greedy
+
+
+def test_filter_keeps_the_top_k_and_the_nucleus() -> None:
+    logits = torch.log(torch.tensor([0.05, 0.4, 0.1, 0.3, 0.15]))
+    kept = lambda out: torch.isfinite(out).nonzero().flatten().tolist()  # noqa: E731
+    assert kept(_filter(logits, top_k=2, top_p=1.0)) == [1, 3]
+    assert kept(_filter(logits, top_k=0, top_p=0.7)) == [1, 3]  # 0.4 + 0.3 reaches 0.7
+    assert kept(_filter(logits, top_k=0, top_p=0.71)) == [1, 3, 4]
+    assert kept(_filter(logits, top_k=0, top_p=0.01)) == [1]
+    assert kept(_filter(logits, top_k=0, top_p=1.0)) == [0, 1, 2, 3, 4]
+    assert kept(_filter(logits, top_k=2, top_p=0.3)) == [1]
+
+
+def test_sampling_never_leaves_the_top_k() -> None:
+    model = model_for()
+    logits = next_token_logprobs(model, torch.tensor([[7]]))[0, -1]
+    allowed = set(torch.topk(logits, 3).indices.tolist())
+    for seed in range(30):
+        first = next(generate(model, [7], 1, temperature=5.0, top_k=3, generator=torch.Generator().manual_seed(seed)))
+        assert first in allowed
+
+
+def test_stops_before_eos_and_after_max_new_tokens() -> None:
+    model = model_for()
+    greedy = list(generate(model, [3, 1], 12))
+    cut = next(i for i, t in enumerate(greedy) if t not in greedy[:i] and i >= 2)
+    assert list(generate(model, [3, 1], 12, eos_id=greedy[cut])) == greedy[:cut]
+    assert list(generate(model, [3, 1], 4)) == greedy[:4]
+    assert list(generate(model, [3, 1], 0)) == []
+
+
+def test_streams_lazily_and_restores_training_mode() -> None:
+    model = model_for(seed=3)
+    model.train()
+    stream = generate(model, [2, 2], 10)
+    assert next(stream) == list(generate(model, [2, 2], 1))[0]
+    # Between tokens the caller sees its own modes: training on, gradients on.
+    assert model.training and torch.is_grad_enabled()
+    assert len(list(stream)) == 9
+    assert model.training
+    model.eval()
+    list(generate(model, [2], 3))
+    assert not model.training
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(temperature=-0.1), dict(temperature=float("nan")), dict(temperature=float("inf")),
+    dict(top_p=0.0), dict(top_p=1.01), dict(top_p=-0.5), dict(top_k=-1), dict(max_new_tokens=-1),
+    dict(prompt_ids=[]), dict(prompt_ids=[96]), dict(prompt_ids=[-1]),
+])
+def test_bad_arguments_raise_at_call_time(kwargs: dict[str, object]) -> None:
+    args: dict[str, object] = dict(prompt_ids=[1], max_new_tokens=5) | kwargs
+    with pytest.raises(ValueError):
+        generate(model_for(), **args)  # type: ignore[arg-type]  # no iteration: checks are eager
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_greedy_with_margins_matches_generate_and_reports_margins(flavour: str) -> None:
+    model = model_for(flavour)
+    toks, margins = greedy_with_margins(model, [9, 8, 7], 12)
+    assert toks == list(generate(model, [9, 8, 7], 12))
+    assert len(margins) == 12 and all(m >= 0 for m in margins)
+    first = next_token_logprobs(model, torch.tensor([[9, 8, 7]]))[0, -1]
+    # log-softmax shifts all logits equally, so the top-2 gap is the logit margin.
+    top2 = torch.topk(first, 2).values
+    assert margins[0] == pytest.approx((top2[0] - top2[1]).item(), abs=1e-5)
+    # Ignores EOS: it returns exactly n tokens even when the first one would be EOS.
+    assert len(greedy_with_margins(model, [9, 8, 7], 3)[0]) == 3
+
+
+def test_greedy_with_margins_runs_past_the_context() -> None:
+    model = model_for()
+    toks, margins = greedy_with_margins(model, [1, 2, 3], 2 * SEQ)
+    assert len(toks) == len(margins) == 2 * SEQ
+    assert toks == list(generate(model, [1, 2, 3], 2 * SEQ, use_cache=False))
+
+
+def test_next_token_logprobs_is_fp32_log_softmax_of_the_logits() -> None:
+    model = model_for(seed=5)
+    model.train()
+    idx = torch.randint(0, 96, (3, 10), generator=torch.Generator().manual_seed(0))
+    lp = next_token_logprobs(model, idx)
+    assert lp.shape == (3, 10, 96) and lp.dtype == torch.float32
+    assert torch.allclose(lp.exp().sum(-1), torch.ones(3, 10), atol=1e-5)
+    assert model.training and not lp.requires_grad
+    model.eval()
+    assert torch.allclose(lp, torch.log_softmax(model(idx)[0], -1), atol=1e-6)
