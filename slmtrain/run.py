@@ -1,0 +1,357 @@
+"""RunManager: the run directory, building components from the frozen config, the loop, save policy.
+
+Mechanism lives elsewhere (checkpoint.py writes, train.py steps); this module decides when and what.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slmtrain import config as config_mod
+from slmtrain import dist, fsio, runinfo
+from slmtrain.checkpoint import cleanup_tmp, find_resume, list_checkpoints
+from slmtrain.config import Config
+from slmtrain.data.prepare import PrepareInterrupted, prepare_data
+from slmtrain.data.stream import build_train_loader, eval_batches
+from slmtrain.errors import SlmError, UserError
+from slmtrain.generate import generate
+from slmtrain.lock import RunLock
+from slmtrain.log import Console, MetricsWriter, fmt_count, fmt_duration, read_jsonl
+from slmtrain.model import GPT
+from slmtrain.optim import build_optimizer, build_scheduler
+from slmtrain.preempt import EXIT_ABORTED, EXIT_PREEMPTED, NoticePoller, PreemptionFlag
+from slmtrain.saving import Saver, restore
+from slmtrain.state import seed_everything
+from slmtrain.train import bits_per_byte, evaluate, perplexity, train_step
+
+
+class TrainingDiverged(SlmError):
+    """Too many consecutive non-finite steps."""
+
+
+def pick_device(name: str, info: dist.DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("run.device = 'cuda' but no CUDA device is visible: use run.device = 'auto' or 'cpu'")
+        return torch.device("cuda", info.local_rank)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("run.device = 'mps' but MPS is not available: use run.device = 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def resolve_run_dir(cfg: Config, run_dir: str | None) -> Path:
+    return Path(run_dir).expanduser() if run_dir else Path(cfg.run.out_dir).expanduser() / cfg.run.name
+
+
+class RunManager:
+    """One attempt at a run: fresh (`resume=False`) or continuing from its newest sound checkpoint."""
+
+    def __init__(self, cfg: Config, run_dir: Path, *, resume: bool, console: Console | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.resume = resume
+        self.info = dist.from_env()
+        self.console = console or Console(enabled=self.info.is_main, progress=cfg.log.progress)
+        self.flag = PreemptionFlag()
+        self.ckpt_root = run_dir / "checkpoints"
+
+    # ----------------------------------------------------------------------------------------- entry
+    def execute(self) -> int:
+        """Run to completion or preemption; returns the process exit code (0, 75, 2, 1 or 130)."""
+        self._check_dir()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(self.run_dir) if self.info.is_main else None
+        if lock is not None:
+            lock.acquire()
+        poller = None
+        try:
+            if self.info.is_main:
+                fsio.atomic_write_text(self.run_dir / "recipe.toml", config_mod.to_toml(self.cfg))
+                runinfo.start_attempt(self.run_dir, "resume" if self.resume else "run")
+            self.flag.install()
+            c = self.cfg.checkpoint
+            if c.notice_file or c.notice_url:
+                poller = NoticePoller(self.flag, file=c.notice_file, url=c.notice_url, interval=c.notice_interval)
+                poller.start()
+            return self._guarded()
+        finally:
+            if poller is not None:
+                poller.stop()
+            self.flag.uninstall()
+            if lock is not None:
+                lock.release()
+
+    def _check_dir(self) -> None:
+        exists = (self.run_dir / runinfo.RUN_JSON).exists()
+        if exists and not self.resume:
+            raise UserError(
+                f"run directory {self.run_dir} already holds a run: continue it with `slmtrain resume "
+                f"{self.run_dir}` (or `slmtrain run ... --resume`), or start a new one with --run-dir or "
+                f"--set run.name=NEW_NAME")
+        if self.resume and not exists:
+            raise UserError(f"{self.run_dir} is not a run directory (no run.json): start it with `slmtrain run "
+                            f"RECIPE.toml --run-dir {self.run_dir}`")
+
+    def _end(self, status: str, code: int, reason: str) -> int:
+        if self.info.is_main:
+            runinfo.end_attempt(self.run_dir, status, code, reason)
+        return code
+
+    def _guarded(self) -> int:
+        try:
+            return self._train()
+        except PrepareInterrupted:
+            self.console.info(f"preempted ({self.flag.reason}) during data preparation; nothing to save")
+            return self._end("preempted", EXIT_PREEMPTED, f"{self.flag.reason} during data preparation")
+        except KeyboardInterrupt:
+            self.console.info("aborted by a second SIGINT: no checkpoint written for this attempt")
+            return self._end("failed", EXIT_ABORTED, "aborted (second SIGINT)")
+        except UserError as e:
+            self._end("failed", e.exit_code, str(e))
+            raise
+        except BaseException as e:
+            self._end("failed", 1, f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            dist.shutdown()
+
+    # ------------------------------------------------------------------------------------- building
+    def _build(self) -> None:
+        cfg, info = self.cfg, self.info
+        self.device = pick_device(cfg.run.device, info)
+        dist.init(info, self.device, cfg.parallel.backend)
+        if cfg.run.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.prepared = prepare_data(cfg, stop=self.flag.check, log=self.console.info)
+        tok = self.tokenizer = self.prepared.tokenizer
+        vocab = cfg.model.vocab_size or 64 * math.ceil(tok.vocab_size / 64)
+        if vocab < tok.vocab_size:
+            raise UserError(f"model.vocab_size = {vocab} is smaller than the tokenizer's {tok.vocab_size} tokens: "
+                            f"set model.vocab_size = 0 (automatic) or at least {tok.vocab_size}")
+        self.cfg = cfg = cfg.replace("model", vocab_size=vocab)
+        if info.is_main:
+            tok.save(self.run_dir / "tokenizer.json")
+            fsio.atomic_write_text(self.run_dir / "recipe.toml", config_mod.to_toml(cfg))
+        seed_everything(cfg.run.seed)
+        self.model = GPT(cfg.model).to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)
+        t = cfg.train
+        self.tokens_per_step = t.batch_size * t.grad_accum * cfg.model.seq_len * info.world_size
+        self.total_steps = t.max_steps or math.ceil(t.max_tokens / self.tokens_per_step)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.run.precision == "fp16" else None
+        self.state: dict[str, Any] = {"step": 0, "tokens": 0, "skipped": 0, "consecutive_skipped": 0,
+                                      "best_val_loss": None, "train_seconds": 0.0}
+        self.loader = build_train_loader(
+            self.prepared.train_path, cfg.model.seq_len, t.batch_size, cfg.run.seed, info.rank, info.world_size,
+            t.grad_accum, cfg.data.loader_workers, pin_memory=self.device.type == "cuda")
+        ev = cfg.eval
+        self.val_batches = eval_batches(self.prepared.valid_path, cfg.model.seq_len, ev.batch_size or t.batch_size,
+                                        ev.batches, cfg.run.seed + 1)
+        self.saver = Saver(self)
+
+    def _wrap(self) -> torch.nn.Module:
+        model = dist.wrap_model(self.model, self.info, self.device, self.cfg.parallel.strategy)
+        if self.cfg.run.compile:
+            model = torch.compile(model)
+        return model
+
+    # ----------------------------------------------------------------------------------------- loop
+    def _train(self) -> int:
+        started = time.monotonic()
+        self._build()
+        cfg, st = self.cfg, self.state
+        self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl", enabled=self.info.is_main)
+        self.samples = MetricsWriter(self.run_dir / "samples.jsonl", enabled=self.info.is_main)
+        if self.resume:
+            self._restore()
+        else:
+            self.console.info(f"{self.model.param_summary()} | {cfg.model.flavour} {cfg.model.n_layer}L "
+                              f"{cfg.model.n_head}H {cfg.model.n_embd}d ctx {cfg.model.seq_len} | vocab "
+                              f"{cfg.model.vocab_size} | device {self.device} {cfg.run.precision}")
+            self.metrics.write("event", event="start", step=0, params=self.model.num_params(),
+                               non_embedding_params=self.model.num_params(non_embedding=True))
+        model = self._wrap()
+        batches = iter(self.loader)
+        t = cfg.train
+        self.last_eval_step = -1
+        stop_reason = "finished"
+        last_log = time.monotonic()
+        tokens_at_log = st["tokens"]
+        step_start_seconds = st["train_seconds"]
+        loop_start = time.monotonic()
+        if self.resume:
+            self.console.info(f"resumed at step {st['step']}: {time.monotonic() - started:.2f}s from start "
+                              f"to the first new step")
+        while True:
+            if st["step"] >= self.total_steps:
+                break
+            if t.max_tokens and st["tokens"] >= t.max_tokens:
+                break
+            elapsed = step_start_seconds + time.monotonic() - loop_start
+            if t.max_minutes and elapsed >= t.max_minutes * 60:
+                stop_reason = "finished (max_minutes)"
+                break
+            if dist.any_rank(self.flag.is_set, self.device):
+                stop_reason = "preempted"
+                break
+            self.saver.poll()
+            stats = train_step(model, batches, self.optimizer, self.scheduler, grad_accum=t.grad_accum,
+                               grad_clip=cfg.optim.grad_clip, device=self.device, precision=cfg.run.precision,
+                               scaler=self.scaler)
+            st["step"] += 1
+            st["tokens"] += stats.tokens * self.info.world_size
+            st["train_seconds"] = step_start_seconds + time.monotonic() - loop_start
+            self._after_skip(stats.skipped)
+            step = st["step"]
+            if step % cfg.log.every_steps == 0 or step == 1 or step == self.total_steps:
+                # .item() syncs with the device: only on log steps.
+                loss = dist.all_mean(stats.loss.item(), self.device)
+                now = time.monotonic()
+                tps = (st["tokens"] - tokens_at_log) / max(1e-9, now - last_log)
+                last_log, tokens_at_log = now, st["tokens"]
+                lr = stats.lr
+                self.metrics.write("train", step=step, tokens=st["tokens"], loss=loss, lr=lr,
+                                   grad_norm=float(stats.grad_norm.item()), tokens_per_s=round(tps, 1))
+                eta = (self.total_steps - step) * self.tokens_per_step / max(tps, 1e-9)
+                self.console.progress(f"step {step}/{self.total_steps} | loss {loss:.4f} | lr {lr:.2e} | "
+                                      f"{fmt_count(tps)} tok/s | ETA {fmt_duration(eta)}")
+            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < self.total_steps:
+                self._evaluate()
+            if step == 3:
+                self.saver.warn_if_over_grace(st["train_seconds"] / 3)
+            self.saver.maybe_save_periodic()
+        if stop_reason == "preempted":
+            return self._preempt_exit()
+        if self.last_eval_step != st["step"]:
+            self._evaluate()
+        self.saver.save(reason="final", wait=True)
+        self._summary(time.monotonic() - started)
+        self.metrics.close()
+        self.samples.close()
+        return self._end("finished", 0, stop_reason)
+
+    def _after_skip(self, skipped: bool) -> None:
+        st = self.state
+        if not skipped:
+            st["consecutive_skipped"] = 0
+            return
+        st["skipped"] += 1
+        st["consecutive_skipped"] += 1
+        self.metrics.write("event", event="skipped_step", step=st["step"], reason="non-finite loss or gradients",
+                           consecutive=st["consecutive_skipped"])
+        self.console.info(f"step {st['step']}: non-finite loss or gradients, update skipped "
+                          f"({st['consecutive_skipped']} in a row)")
+        if st["consecutive_skipped"] > self.cfg.train.skip_nonfinite:
+            raise TrainingDiverged(f"{st['consecutive_skipped']} consecutive non-finite steps (train.skip_nonfinite "
+                                   f"= {self.cfg.train.skip_nonfinite}): lower optim.lr or raise optim.grad_clip, "
+                                   f"then resume from the last checkpoint")
+
+    def _preempt_exit(self) -> int:
+        reason = self.flag.reason or "signal"
+        self.console.info(f"preemption ({reason}) at step {self.state['step']}: saving")
+        self.metrics.write("event", event="preempt", step=self.state["step"], signal=reason)
+        self.saver.save(reason="preempt", wait=True)
+        since = self.flag.seconds_since() or 0.0
+        grace = self.cfg.checkpoint.grace_seconds
+        over = since > grace
+        self.metrics.write("event", event="preempt_saved", step=self.state["step"], seconds=round(since, 3),
+                           grace_seconds=grace, over_grace=over)
+        self.console.info(f"checkpoint durable {since:.2f}s after {reason} (grace {grace:.0f}s"
+                          f"{', EXCEEDED' if over else ''}); exiting {EXIT_PREEMPTED} so the scheduler requeues")
+        self.metrics.close()
+        self.samples.close()
+        return self._end("preempted", EXIT_PREEMPTED, f"{reason} at step {self.state['step']}")
+
+    def _evaluate(self) -> None:
+        cfg, st = self.cfg, self.state
+        loss = evaluate(self.model, self.val_batches, self.device, cfg.run.precision, should_stop=self.flag.check)
+        if loss is None:
+            return
+        loss = dist.all_mean(loss, self.device)
+        self.last_eval_step = st["step"]
+        self.last_val_loss = loss
+        if st["best_val_loss"] is None or loss < st["best_val_loss"]:
+            st["best_val_loss"] = loss
+        bpb = bits_per_byte(loss, self.prepared.meta["valid"]["tokens_per_byte"])
+        self.metrics.write("eval", step=st["step"], tokens=st["tokens"], val_loss=loss, val_ppl=perplexity(loss),
+                           val_bpb=bpb)
+        self.console.info(f"eval step {st['step']}: val_loss {loss:.4f} | ppl {perplexity(loss):.2f} | "
+                          f"bpb {bpb:.3f}")
+        for i in range(cfg.eval.samples):
+            prompt = cfg.eval.prompts[i % len(cfg.eval.prompts)]
+            text = self.sample(prompt, seed=cfg.run.seed + 1000 * st["step"] + i)
+            self.samples.write("sample", step=st["step"], prompt=prompt, text=text)
+
+    def sample(self, prompt: str, seed: int) -> str:
+        """One generation with the eval settings, from its own RNG so training randomness is untouched."""
+        ev = self.cfg.eval
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        ids = self.tokenizer.encode(prompt)
+        out = list(generate(self.model, ids, ev.sample_tokens, temperature=ev.temperature, top_k=ev.top_k,
+                            eos_id=self.tokenizer.eos_id, generator=gen))
+        return self.tokenizer.decode(ids + out)
+
+    def _restore(self) -> None:
+        for name in cleanup_tmp(self.ckpt_root):
+            self.console.info(f"removed {name}: an unfinished save from a crashed attempt")
+        path = find_resume(self.ckpt_root, log=self.console.info)
+        if path is None:
+            if list_checkpoints(self.ckpt_root):
+                raise UserError(f"no sound checkpoint in {self.ckpt_root} (see the problems above); nothing "
+                                f"was deleted. Inspect them with `slmtrain status {self.run_dir}`")
+            self.console.info("no checkpoint yet: starting from step 0")
+            self._truncate_metrics(0)
+            return
+        step = restore(self, path)
+        self._truncate_metrics(step)
+        self.metrics.write("event", event="resume", step=step, checkpoint=path.name)
+        self.console.info(f"resuming from {path.name} (step {step}, {fmt_count(self.state['tokens'])} tokens)")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop records past the checkpoint (the lost attempt's tail) so metrics.jsonl reads as one run."""
+        if not self.info.is_main:
+            return
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            path = self.run_dir / name
+            if not path.exists():
+                continue
+            self.metrics.close() if name == "metrics.jsonl" else self.samples.close()
+            kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+            fsio.atomic_write_bytes(path, b"".join(fsio.dumps_jsonl(r) for r in kept))
+            if name == "metrics.jsonl":
+                self.metrics = MetricsWriter(path)
+            else:
+                self.samples = MetricsWriter(path)
+
+    def _summary(self, wall: float) -> None:
+        """Figures over the whole run (all attempts), read back from metrics.jsonl."""
+        st = self.state
+        records = read_jsonl(self.run_dir / "metrics.jsonl")
+        train = [r["loss"] for r in records if r.get("kind") == "train"]
+        val = [r["val_loss"] for r in records if r.get("kind") == "eval"]
+        story = self.sample(self.cfg.eval.prompts[0], seed=self.cfg.run.seed)
+        lines = [
+            "-" * 72,
+            f"finished: {st['step']} steps, {fmt_count(st['tokens'])} tokens in {fmt_duration(wall)} | "
+            f"{self.model.param_summary()}",
+        ]
+        if train:
+            lines.append(f"train loss: first {train[0]:.4f} -> last {train[-1]:.4f}")
+        if val:
+            best = min(val)
+            lines.append(f"val loss: first {val[0]:.4f} (ppl {perplexity(val[0]):.2f}) | best {best:.4f} "
+                         f"(ppl {perplexity(best):.2f}) | last {val[-1]:.4f} (ppl {perplexity(val[-1]):.2f})")
+        if st["skipped"]:
+            lines.append(f"skipped steps (non-finite): {st['skipped']}")
+        lines += [f"checkpoint: {self.saver.last_path}", "sample:", story, "-" * 72]
+        self.console.info("\n".join(lines))
+        self.metrics.write("event", event="summary", step=st["step"], tokens=st["tokens"], wall_seconds=round(wall, 3),
+                           sample=story)

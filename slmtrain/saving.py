@@ -1,0 +1,196 @@
+"""What goes into a checkpoint, when it is written, and how a run is restored from one.
+
+`checkpoint.py` is the mechanism (atomic directories, manifests, discovery); this is the policy:
+every N steps or minutes, on preemption and at the end; synchronous or in the background; on a
+failed write, stop or keep training and retry at the next interval.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import safetensors.torch
+import torch
+
+from slmtrain import config as config_mod
+from slmtrain import dist, fsio, runinfo
+from slmtrain.asyncsave import AsyncSaver, snapshot
+from slmtrain.checkpoint import load_app_state, prune, read_meta, read_rank_state, save_checkpoint
+from slmtrain.errors import CheckpointError, SlmError, UserError
+from slmtrain.reference import REFERENCE_POSITIONS, compute_reference
+from slmtrain.state import load_model_optim_state, model_optim_state, rng_state, set_rng_state
+
+if TYPE_CHECKING:
+    from slmtrain.run import RunManager
+
+# Conservative write throughput used to estimate a save before the first one has been timed.
+_ASSUMED_WRITE_BYTES_PER_S = 100e6
+
+
+class SaveFailed(SlmError):
+    """A checkpoint could not be written; the previous one is intact."""
+
+
+def checkpoint_config(cfg: config_mod.Config, tokenizer_fingerprint: str) -> dict[str, Any]:
+    """config.json: everything needed to rebuild the model without the run directory."""
+    return {"schema": config_mod.SCHEMA_VERSION, "recipe": cfg.to_dict(), "dtype": "float32",
+            "tokenizer_fingerprint": tokenizer_fingerprint, "versions": runinfo.versions()}
+
+
+class Saver:
+    """Save policy for one RunManager."""
+
+    def __init__(self, rm: RunManager) -> None:
+        self.rm = rm
+        self.cfg = rm.cfg.checkpoint
+        self.background = AsyncSaver() if self.cfg.async_save else None
+        self.last_time = time.monotonic()
+        self.last_path: Path | None = None
+        self.last_seconds: float | None = None
+
+    # ------------------------------------------------------------------------------------ policy
+    def maybe_save_periodic(self) -> None:
+        step = self.rm.state["step"]
+        if step >= self.rm.total_steps:
+            return  # the final save follows
+        by_steps = bool(self.cfg.every_steps) and step % self.cfg.every_steps == 0
+        by_time = bool(self.cfg.every_minutes) and time.monotonic() - self.last_time >= self.cfg.every_minutes * 60
+        # Ranks must agree: a wall-clock trigger can fire on one rank and not another.
+        if by_steps or dist.any_rank(by_time, self.rm.device):
+            self.save(reason="periodic")
+
+    def warn_if_over_grace(self, step_seconds: float) -> None:
+        """Warn when one step plus one save may not fit in the preemption grace period."""
+        nbytes = sum(p.numel() * p.element_size() for p in self.rm.model.parameters()) * 3  # weights + Adam m, v
+        save_s = self.last_seconds if self.last_seconds is not None else nbytes / _ASSUMED_WRITE_BYTES_PER_S
+        grace = self.cfg.grace_seconds
+        if step_seconds + save_s > grace:
+            msg = (f"warning: one step ({step_seconds:.1f}s) plus one save (~{save_s:.1f}s) exceeds "
+                   f"checkpoint.grace_seconds = {grace:.0f}s: a preemption may kill the run before its save is durable")
+            self.rm.console.info(msg)
+            self.rm.metrics.write("event", event="grace_warning", step=self.rm.state["step"],
+                                  estimate_seconds=round(step_seconds + save_s, 3), grace_seconds=grace)
+
+    def poll(self) -> None:
+        """Surface a background save's failure in the training loop."""
+        if self.background is None:
+            return
+        try:
+            self.background.poll()
+        except Exception as e:  # noqa: BLE001 - any write error is handled by policy
+            self._failed(e, final=False)
+
+    def save(self, reason: str, wait: bool = False) -> None:
+        """Write a checkpoint at the current step. `wait`: return only once it is durable."""
+        rm = self.rm
+        started = time.monotonic()
+        try:
+            if self.background is not None:
+                self.background.wait()  # at most one save in flight; also surfaces its error
+            payload = self._package(reason)
+            if self.background is not None and not wait:
+                payload = {k: snapshot(v) if k in ("app", "rank") else v for k, v in payload.items()}
+                stall = time.monotonic() - started
+                self.background.submit(lambda: self._write(payload, started))
+                rm.metrics.write("event", event="save_submitted", step=rm.state["step"], reason=reason,
+                                 stall_seconds=round(stall, 4))
+                return
+            self._write(payload, started)
+        except Exception as e:  # noqa: BLE001
+            self._failed(e, final=wait)
+            return
+        finally:
+            self.last_time = time.monotonic()
+
+    def _failed(self, error: Exception, final: bool) -> None:
+        step = self.rm.state["step"]
+        msg = (f"checkpoint save at step {step} failed: {type(error).__name__}: {error}. The previous checkpoint "
+               f"({self.last_path.name if self.last_path else 'none'}) is intact.")
+        self.rm.metrics.write("event", event="save_failed", step=step, error=f"{type(error).__name__}: {error}")
+        if final or self.cfg.on_error == "stop":
+            raise SaveFailed(msg) from error
+        self.rm.console.info(msg + " Training continues (checkpoint.on_error = 'continue'); retrying at the next "
+                             "interval.")
+
+    # ---------------------------------------------------------------------------------- contents
+    def _package(self, reason: str) -> dict[str, Any]:
+        rm = self.rm
+        st = rm.state
+        tok = rm.tokenizer
+        prompts = [(p, tok.encode(p)) for p in self.cfg.reference_prompts]
+        x, y = rm.val_batches[0]
+        n = min(REFERENCE_POSITIONS, x.shape[1])
+        batch = torch.cat([x[:1, :n], y[:1, n - 1:n]], dim=1)
+        ref_meta, ref_tensors = compute_reference(rm.model, prompts, self.cfg.reference_tokens, batch)
+        val_loss = getattr(rm, "last_val_loss", None) if rm.last_eval_step == st["step"] else None
+        meta = {
+            "reason": reason, "tokens": st["tokens"], "trainer": dict(st), "val_loss": val_loss,
+            "best_val_loss": st["best_val_loss"], "scheduler": rm.scheduler.state_dict(),
+            "scaler": rm.scaler.state_dict() if rm.scaler is not None else None,
+            "tokenizer_fingerprint": tok.fingerprint, "params": rm.model.num_params(),
+            "reference": ref_meta,
+        }
+        files = {
+            "config.json": fsio.dumps_json(checkpoint_config(rm.cfg, tok.fingerprint)),
+            "tokenizer.json": tok.to_json().encode("utf-8"),
+            "reference.safetensors": safetensors.torch.save(ref_tensors),
+        }
+        return {"step": st["step"], "app": model_optim_state(rm.model, rm.optimizer),
+                "rank": {"rng": rng_state(), "loader": rm.loader.state_dict()}, "files": files, "meta": meta}
+
+    def _write(self, p: dict[str, Any], started: float) -> None:
+        rm = self.rm
+        info = rm.info
+        path = save_checkpoint(rm.ckpt_root, p["step"], p["app"], p["rank"], p["files"], p["meta"],
+                               rank=info.rank, world_size=info.world_size)
+        if info.is_main:
+            prune(rm.ckpt_root, self.cfg.keep_last, self.cfg.keep_best, protect={path})
+        self.last_path = path
+        self.last_seconds = time.monotonic() - started
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        rm.metrics.write("event", event="save", step=p["step"], reason=p["meta"]["reason"], path=path.name,
+                         seconds=round(self.last_seconds, 4), bytes=size)
+
+    def close(self) -> None:
+        if self.background is not None:
+            self.background.close()
+
+
+def _check_compatible(rm: RunManager, saved: dict[str, Any], path: Path) -> None:
+    try:
+        old = config_mod.from_dict(saved["recipe"], origin=f"{path}/config.json")
+    except (KeyError, TypeError, UserError) as e:
+        raise CheckpointError(f"{path}/config.json does not hold a valid recipe: {e}") from None
+    unsafe = [k for k in config_mod.diff(old, rm.cfg) if k not in config_mod.RESUME_SAFE_KEYS]
+    if unsafe:
+        changes = ", ".join(f"{k} ({_get(old, k)!r} -> {_get(rm.cfg, k)!r})" for k in unsafe)
+        raise UserError(f"cannot resume {rm.run_dir} with a changed recipe: {changes}. These keys change the "
+                        f"numbers a run computes; only scheduling, logging, eval and checkpoint keys may change on "
+                        f"resume. Undo the change, or start a new run with `slmtrain run`.")
+
+
+def _get(cfg: config_mod.Config, dotted: str) -> Any:
+    section, key = dotted.split(".", 1)
+    return getattr(getattr(cfg, section), key)
+
+
+def restore(rm: RunManager, path: Path) -> int:
+    """Load everything a checkpoint holds into the freshly built components; returns its step."""
+    meta = read_meta(path)
+    _check_compatible(rm, fsio.read_json(path / "config.json"), path)
+    app = model_optim_state(rm.model, rm.optimizer)
+    load_app_state(path, app)
+    load_model_optim_state(rm.model, rm.optimizer, app)
+    rank = read_rank_state(path, rm.info.rank)
+    set_rng_state(rank["rng"])
+    rm.loader.load_state_dict(rank["loader"])
+    rm.scheduler.load_state_dict(meta["scheduler"])
+    # The schedule's length follows the current recipe (max_steps may be raised on resume).
+    for fn in rm.scheduler.lr_lambdas:
+        fn.total = max(1, rm.total_steps)
+    if rm.scaler is not None and meta.get("scaler"):
+        rm.scaler.load_state_dict(meta["scaler"])
+    rm.state.update(meta["trainer"])
+    return int(meta["step"])

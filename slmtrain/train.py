@@ -1,0 +1,110 @@
+"""One optimizer step (accumulation, autocast, clipping, finite check) and evaluation.
+
+No I/O and no host syncs here beyond the one finite check per step: the caller decides when to
+call `.item()` (log steps only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class StepStats:
+    loss: torch.Tensor  # mean loss over the step's micro-batches (fp32, on device)
+    grad_norm: torch.Tensor  # global norm before clipping
+    skipped: bool  # non-finite loss or gradients: the update was not applied
+    tokens: int  # tokens this process consumed
+    lr: float  # learning rate this update used
+
+
+def autocast_context(device_type: str, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def train_step(model: torch.nn.Module, batches: Iterator[Batch], optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, *, grad_accum: int, grad_clip: float,
+               device: torch.device, precision: str, scaler: torch.amp.GradScaler | None = None,
+               should_stop: Callable[[], bool] | None = None) -> StepStats:
+    """Run `grad_accum` micro-batches and one optimizer update.
+
+    `should_stop` is not used to abandon the step: a preempted step still completes so the saved
+    state sits on an optimizer-step boundary, which is what makes resume exact.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=device)
+    tokens = 0
+    sync_ctx = getattr(model, "no_sync", None)
+    for micro in range(grad_accum):
+        x, y = next(batches)
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        tokens += y.numel()
+        last = micro == grad_accum - 1
+        # DDP all-reduces gradients on every backward; only the last micro-batch needs it.
+        ctx = sync_ctx() if (sync_ctx is not None and not last) else contextlib.nullcontext()
+        with ctx:
+            with autocast_context(device.type, precision):
+                _, loss = model(x, y)
+            loss = loss / grad_accum
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        total += loss.detach().float()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    max_norm = grad_clip if grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    # One host sync per step: skipping a poisoned update is worth more than the overlap it costs.
+    finite = bool(torch.isfinite(total) and torch.isfinite(grad_norm))
+    if scaler is not None:
+        # The scaler skips inf/nan steps itself and lowers its scale; that is its normal operation.
+        scaler.step(optimizer)
+        scaler.update()
+        skipped = not finite
+    elif finite:
+        optimizer.step()
+        skipped = False
+    else:
+        skipped = True
+    optimizer.zero_grad(set_to_none=True)
+    lr = optimizer.param_groups[0]["lr"]
+    scheduler.step()
+    return StepStats(loss=total, grad_norm=grad_norm.detach(), skipped=skipped, tokens=tokens, lr=lr)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: list[Batch], device: torch.device, precision: str,
+             should_stop: Callable[[], bool] | None = None) -> float | None:
+    """Mean validation loss in nats per token; None when interrupted by `should_stop`."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    try:
+        for x, y in batches:
+            if should_stop is not None and should_stop():
+                return None
+            with autocast_context(device.type, precision):
+                _, loss = model(x.to(device), y.to(device))
+            total += loss.double()
+    finally:
+        model.train(was_training)
+    return float(total.item()) / max(1, len(batches))
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 50 else float("inf")
+
+
+def bits_per_byte(loss: float, tokens_per_byte: float) -> float:
+    """Tokenizer-independent: nats per token * tokens per byte / ln 2."""
+    return loss * tokens_per_byte / math.log(2)
