@@ -73,7 +73,8 @@ class RunManager:
         poller = None
         try:
             if self.info.is_main:
-                fsio.atomic_write_text(self.run_dir / "recipe.toml", config_mod.to_toml(self.cfg))
+                if not self.resume:  # a resume rewrites it only once the checkpoint accepted the recipe
+                    fsio.atomic_write_text(self.run_dir / "recipe.toml", config_mod.to_toml(self.cfg))
                 runinfo.start_attempt(self.run_dir, "resume" if self.resume else "run")
             self.flag.install()
             c = self.cfg.checkpoint
@@ -136,7 +137,7 @@ class RunManager:
             raise UserError(f"model.vocab_size = {vocab} is smaller than the tokenizer's {tok.vocab_size} tokens: "
                             f"set model.vocab_size = 0 (automatic) or at least {tok.vocab_size}")
         self.cfg = cfg = cfg.replace("model", vocab_size=vocab)
-        if info.is_main:
+        if info.is_main and not self.resume:
             tok.save(self.run_dir / "tokenizer.json")
             fsio.atomic_write_text(self.run_dir / "recipe.toml", config_mod.to_toml(cfg))
         seed_everything(cfg.run.seed)
@@ -149,13 +150,17 @@ class RunManager:
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.run.precision == "fp16" else None
         self.state: dict[str, Any] = {"step": 0, "tokens": 0, "skipped": 0, "consecutive_skipped": 0,
                                       "best_val_loss": None, "train_seconds": 0.0}
-        self.loader = build_train_loader(
-            self.prepared.train_path, cfg.model.seq_len, t.batch_size, cfg.run.seed, info.rank, info.world_size,
-            t.grad_accum, cfg.data.loader_workers, pin_memory=self.device.type == "cuda")
+        self.rebuild_loader(start_step=0)
         ev = cfg.eval
         self.val_batches = eval_batches(self.prepared.valid_path, cfg.model.seq_len, ev.batch_size or t.batch_size,
                                         ev.batches, cfg.run.seed + 1)
         self.saver = Saver(self)
+
+    def rebuild_loader(self, start_step: int) -> None:
+        cfg, info, t = self.cfg, self.info, self.cfg.train
+        self.loader = build_train_loader(
+            self.prepared.train_path, cfg.model.seq_len, t.batch_size, cfg.run.seed, info.rank, info.world_size,
+            t.grad_accum, cfg.data.loader_workers, pin_memory=self.device.type == "cuda", start_step=start_step)
 
     def _wrap(self) -> torch.nn.Module:
         model = dist.wrap_model(self.model, self.info, self.device, self.cfg.parallel.strategy)
@@ -172,6 +177,9 @@ class RunManager:
         self.samples = MetricsWriter(self.run_dir / "samples.jsonl", enabled=self.info.is_main)
         if self.resume:
             self._restore()
+            if self.info.is_main:
+                self.tokenizer.save(self.run_dir / "tokenizer.json")
+                fsio.atomic_write_text(self.run_dir / "recipe.toml", config_mod.to_toml(cfg))
         else:
             self.console.info(f"{self.model.param_summary()} | {cfg.model.flavour} {cfg.model.n_layer}L "
                               f"{cfg.model.n_head}H {cfg.model.n_embd}d ctx {cfg.model.seq_len} | vocab "
@@ -280,7 +288,7 @@ class RunManager:
         self.last_val_loss = loss
         if st["best_val_loss"] is None or loss < st["best_val_loss"]:
             st["best_val_loss"] = loss
-        bpb = bits_per_byte(loss, self.prepared.meta["valid"]["tokens_per_byte"])
+        bpb = bits_per_byte(loss, self.prepared.meta["splits"]["valid"]["tokens_per_byte"])
         self.metrics.write("eval", step=st["step"], tokens=st["tokens"], val_loss=loss, val_ppl=perplexity(loss),
                            val_bpb=bpb)
         self.console.info(f"eval step {st['step']}: val_loss {loss:.4f} | ppl {perplexity(loss):.2f} | "

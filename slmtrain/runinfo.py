@@ -53,7 +53,9 @@ def end_attempt(run_dir: Path, status: str, exit_code: int, reason: str, **extra
     fsio.atomic_write_json(run_dir / RUN_JSON, data)
 
 
-def _when(ts: float | None) -> str:
+def _when(ts: float | str | None) -> str:
+    if isinstance(ts, str):
+        return ts.replace("T", " ")
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 

@@ -183,9 +183,15 @@ def restore(rm: RunManager, path: Path) -> int:
     app = model_optim_state(rm.model, rm.optimizer)
     load_app_state(path, app)
     load_model_optim_state(rm.model, rm.optimizer, app)
-    rank = read_rank_state(path, rm.info.rank)
+    info = rm.info
+    rank = read_rank_state(path, info.rank if info.world_size == meta.get("world_size") else 0)
     set_rng_state(rank["rng"])
-    rm.loader.load_state_dict(rank["loader"])
+    if meta.get("world_size") == info.world_size:
+        rm.loader.load_state_dict(rank["loader"])
+    else:
+        # Another world size with the same global batch: windows are a pure function of the global sample
+        # index, so the cursor is the step alone.
+        rm.rebuild_loader(start_step=int(meta["step"]))
     rm.scheduler.load_state_dict(meta["scheduler"])
     # The schedule's length follows the current recipe (max_steps may be raised on resume).
     for fn in rm.scheduler.lr_lambdas:

@@ -42,8 +42,8 @@ lr = 5e-3
 warmup_steps = 5
 
 [train]
-batch_size = 8
-max_steps = 40
+batch_size = 16
+max_steps = 80
 
 [eval]
 every_steps = 20
