@@ -15,6 +15,8 @@ in data preparation), so they compare across tokenizers.
 
 from __future__ import annotations
 
+import io
+import pickle
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 import torch
+from torch.distributed.checkpoint.metadata import Metadata
 
 from slmtrain import config as config_mod
 from slmtrain.checkpoint import find_resume, load_app_state
@@ -37,6 +40,7 @@ from slmtrain.train import bits_per_byte, perplexity
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 _STEP_DIR = re.compile(r"step_\d{8,}")
+_MAX_METADATA_BYTES = 256 << 20
 # DCP keys of the weights are the model's state_dict keys under this prefix ({"model": state_dict}).
 MODEL_PREFIX = "model."
 _DATA_KINDS = {".txt": "text", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -135,12 +139,59 @@ def model_state_keys(model: GPT) -> dict[str, tuple[tuple[int, ...], torch.dtype
     return {MODEL_PREFIX + k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
 
 
+_ALLOWED_GLOBALS = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+                    *(("pathlib", n) for n in ("Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"))}
+_DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
+_TORCH_VALUES = (torch.dtype, torch.layout, torch.memory_format)
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Builds DCP metadata objects only: any other global in the pickle is refused, so no code runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        if module in _DCP_MODULES or module == "torch":
+            obj = super().find_class(module, name)
+            if isinstance(obj, type) if module != "torch" else isinstance(obj, _TORCH_VALUES):
+                return obj
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a checkpoint's DCP metadata")
+
+
+def read_dcp_metadata(directory: Path) -> Metadata:
+    """The `.metadata` of a DCP directory, unpickled safely: DCP's metadata types only, so no code runs.
+
+    DCP itself unpickles `.metadata` without restriction; reading it here first keeps a crafted pickle
+    from running when a checkpoint is verified or loaded for generation.
+
+    Raises:
+        CheckpointError: missing, oversized, or not a pickle of DCP metadata.
+    """
+    f = Path(directory) / ".metadata"
+    try:
+        size = f.stat().st_size
+        if size > _MAX_METADATA_BYTES:
+            raise CheckpointError(f"{f.parent.name}/.metadata is {size} bytes, not DCP metadata")
+        md = _MetadataUnpickler(io.BytesIO(f.read_bytes())).load()
+    except FileNotFoundError:
+        raise CheckpointError(f"{f.parent.name}/.metadata is missing") from None
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - unpickling garbage raises almost any type
+        why = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{f.parent.name}/.metadata is not DCP metadata ({type(e).__name__}: {why})") from None
+    if not isinstance(md, Metadata) or not isinstance(md.state_dict_metadata, dict):
+        raise CheckpointError(f"{f.parent.name}/.metadata holds a {type(md).__name__}, not DCP metadata")
+    return md
+
+
 def load_weights(ckpt: Path, model: GPT) -> None:
     """Fill `model` from the checkpoint's model/ strictly (missing, unexpected or misshapen keys raise).
 
     Raises:
-        CheckpointError: DCP cannot load it, or the strict load fails.
+        CheckpointError: unsafe or unreadable metadata, DCP cannot load it, or the strict load fails.
     """
+    read_dcp_metadata(Path(ckpt) / MODEL_DIR)
     state = {"model": model.state_dict()}
     load_app_state(Path(ckpt), state)
     try:

@@ -196,8 +196,9 @@ class RunManager:
         step_start_seconds = st["train_seconds"]
         loop_start = time.monotonic()
         if self.resume:
-            self.console.info(f"resumed at step {st['step']}: {time.monotonic() - started:.2f}s from start "
-                              f"to the first new step")
+            ready = time.monotonic() - started
+            self.metrics.write("event", event="resume_ready", step=st["step"], seconds=round(ready, 3))
+            self.console.info(f"resumed at step {st['step']}: {ready:.2f}s from start to the first new step")
         while True:
             if st["step"] >= self.total_steps:
                 break

@@ -144,7 +144,7 @@ class Saver:
         rm = self.rm
         info = rm.info
         path = save_checkpoint(rm.ckpt_root, p["step"], p["app"], p["rank"], p["files"], p["meta"],
-                               rank=info.rank, world_size=info.world_size)
+                               rank=info.rank, world_size=info.world_size, log=rm.console.info)
         if info.is_main:
             prune(rm.ckpt_root, self.cfg.keep_last, self.cfg.keep_best, protect={path})
         self.last_path = path

@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import orjson
 
 VERIFY_EPILOG = """exit codes: 0 sound | 1 not sound | 2 bad usage (no such checkpoint or run directory)
---json prints one object {"path", "sound", "checks": [{"name", "status", "detail"}], "seconds"};
+--json prints one object {"path", "sound", "checks": [{"name", "status", "detail", "seconds"}], "seconds"};
 with --all, {"path", "sound", "checkpoints": [one such object per checkpoint], "seconds"}."""
 
 
@@ -97,7 +97,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     model, cfg, tok = load_model(ckpt, device)
     ids = tok.encode(args.prompt)
     gen = torch.Generator(device=device)
-    gen.manual_seed(args.seed) if args.seed is not None else gen.seed()
+    if args.seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(args.seed)
     for i in range(args.num_samples):
         try:
             stream = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -116,7 +119,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stream_text(decode: Callable[[list[int]], str], prompt: list[int], stream: object) -> None:
+def _stream_text(decode: Callable[[list[int]], str], prompt: list[int], stream: Iterable[int]) -> None:
     """Print the prompt, then each new piece of text as tokens arrive.
 
     A byte-level token can end inside a multi-byte character; such a piece decodes to U+FFFD and is held
@@ -126,7 +129,7 @@ def _stream_text(decode: Callable[[list[int]], str], prompt: list[int], stream: 
     shown = decode(ids)
     sys.stdout.write(shown)
     sys.stdout.flush()
-    for token in stream:  # type: ignore[attr-defined]
+    for token in stream:
         ids.append(token)
         text = decode(ids)
         if not text.endswith("\ufffd") and text.startswith(shown):

@@ -26,18 +26,19 @@ inside a check becomes that check's failure, so the verifier never crashes on ga
                   (1e-3 nats) and the mean per-position KL(recorded || replayed) <= KL_TOLERANCE (1e-4)
 
 A checkpoint is sound when no check fails. The tolerances live in `slmtrain.reference`, which also
-records them. Trust: DCP's `.metadata` files are pickles; verify reads them with an unpickler that only
-builds DCP's own metadata types and loads optimizer values with `weights_only`, so verifying does not
-run code from the checkpoint (loading it for training still does, as any torch checkpoint).
+records them. Trust: DCP's `.metadata` files are pickles. Verify (like generate and eval) first reads
+them with an unpickler that only builds DCP's own metadata types, reads optimizer values with
+`weights_only`, and never opens the `rank_*.pt` files, so verifying a checkpoint runs no code from it
+(resuming training from it still unpickles, as with any torch checkpoint).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
-import pickle
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadat
 
 from slmtrain import config as config_mod
 from slmtrain.data.tokenizer import Tokenizer
-from slmtrain.errors import UserError
+from slmtrain.errors import CheckpointError, UserError
 from slmtrain.evaluate import (
     CONFIG_FILE,
     MODEL_PREFIX,
@@ -63,17 +64,18 @@ from slmtrain.evaluate import (
     is_checkpoint_dir,
     load_weights,
     read_config,
+    read_dcp_metadata,
     step_dirs,
 )
 from slmtrain.generate import greedy_with_margins, next_token_logprobs
-from slmtrain.manifest import LATEST_FILE, META_FILE, MODEL_DIR, _load_meta, verify_manifest
+from slmtrain.checkpoint import read_meta
+from slmtrain.manifest import LATEST_FILE, META_FILE, MODEL_DIR, verify_manifest
 from slmtrain.model import GPT
 from slmtrain.reference import KL_TOLERANCE, LOSS_TOLERANCE, MARGIN_TOLERANCE
 
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
 OPTIM_DIR = "optim"
 REFERENCE_FILE = "reference.safetensors"
-_MAX_METADATA_BYTES = 256 << 20
 _DETAIL_CHARS = 600
 
 
@@ -92,6 +94,7 @@ class Check:
     name: str
     status: str
     detail: str
+    seconds: float = 0.0
 
 
 @dataclass
@@ -107,8 +110,9 @@ class Report:
         return not any(c.status == FAIL for c in self.checks)
 
     def to_dict(self) -> dict[str, Any]:
-        """{"path", "sound", "checks": [{"name", "status", "detail"}], "seconds"}."""
-        return {"path": self.path, "sound": self.sound, "checks": [asdict(c) for c in self.checks],
+        """{"path", "sound", "checks": [{"name", "status", "detail", "seconds"}], "seconds"}."""
+        return {"path": self.path, "sound": self.sound,
+                "checks": [{**asdict(c), "seconds": round(c.seconds, 4)} for c in self.checks],
                 "seconds": round(self.seconds, 4)}
 
     def format(self) -> str:
@@ -156,54 +160,9 @@ class _Ctx:
 
 
 # ------------------------------------------------------------------------------------ DCP, read safely
-_ALLOWED_GLOBALS = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
-                    *(("pathlib", n) for n in ("Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"))}
-_DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
-_TORCH_VALUES = (torch.dtype, torch.layout, torch.memory_format)
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Builds DCP metadata objects only: any other global in the pickle is refused, so no code runs."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        if module in _DCP_MODULES or module == "torch":
-            obj = super().find_class(module, name)
-            if isinstance(obj, type) if module != "torch" else isinstance(obj, _TORCH_VALUES):
-                return obj
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a checkpoint's DCP metadata")
-
-
-def read_dcp_metadata(directory: Path) -> Metadata:
-    """The `.metadata` of a DCP directory, unpickled safely (DCP metadata types only).
-
-    Raises:
-        _Fail: missing, oversized, not a pickle of DCP metadata.
-    """
-    f = Path(directory) / ".metadata"
-    try:
-        size = f.stat().st_size
-        if size > _MAX_METADATA_BYTES:
-            raise _Fail(f"{f.parent.name}/.metadata is {size} bytes, not DCP metadata")
-        md = _MetadataUnpickler(io.BytesIO(f.read_bytes())).load()
-    except FileNotFoundError:
-        raise _Fail(f"{f.parent.name}/.metadata is missing") from None
-    except _Fail:
-        raise
-    except Exception as e:  # noqa: BLE001 - unpickling garbage raises almost any type
-        raise _Fail(f"{f.parent.name}/.metadata is not DCP metadata ({type(e).__name__}: {_short(e)})") from None
-    if not isinstance(md, Metadata) or not isinstance(md.state_dict_metadata, dict):
-        raise _Fail(f"{f.parent.name}/.metadata holds a {type(md).__name__}, not DCP metadata")
-    return md
-
-
 class _SafeReader(FileSystemReader):
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        try:
-            return read_dcp_metadata(Path(self.path))
-        except _Fail as e:
-            raise ValueError(str(e)) from None
+        return read_dcp_metadata(Path(self.path))
 
 
 class _SafePlanner(DefaultLoadPlanner):
@@ -289,7 +248,7 @@ def _check_weights(ctx: _Ctx) -> tuple[str, str]:
                     f"{_bare(next(iter(bad)))}), but config.json says float32")
     model = build_model(cfg.model, "cpu")
     load_weights(ctx.path, model)
-    nonfinite = [k for k, v in model.state_dict().items() if not torch.isfinite(v).all()]
+    nonfinite = [k for k, v in model.state_dict().items() if not _finite_range(v)[0]]
     if nonfinite:
         raise _Fail(f"non-finite values (nan/inf) in {_names(nonfinite)}")
     ctx.model = model.eval()
@@ -373,7 +332,7 @@ def _check_optimizer(ctx: _Ctx) -> tuple[str, str]:
     state, groups, other = _optim_entries(md)
     params = {n: tuple(p.shape) for n, p in ctx.skeleton.named_parameters()}
     trainer = meta["trainer"]
-    updates = int(trainer["step"]) - int(trainer.get("skipped", 0))
+    updates = _int(trainer["step"], "trainer step") - _int(trainer.get("skipped", 0), "trainer skipped")
     scaler = meta.get("scaler") is not None
     problems = []
     if unknown := [n for n in state if n not in params]:
@@ -403,7 +362,8 @@ def _check_optimizer(ctx: _Ctx) -> tuple[str, str]:
     for name, stats in state.items():
         for stat in ("exp_avg", "exp_avg_sq"):
             t = tensors[stats[stat]]
-            if not torch.isfinite(t).all() or (stat == "exp_avg_sq" and (t < 0).any()):
+            finite, low = _finite_range(t)
+            if not finite or (stat == "exp_avg_sq" and low < 0):
                 problems.append(f"{name}: {stat} holds non-finite{' or negative' if stat == 'exp_avg_sq' else ''} "
                                 f"values")
     off = {n: s for n, s in steps.items() if (s > updates if scaler else s != updates)}
@@ -425,22 +385,22 @@ def _check_optimizer(ctx: _Ctx) -> tuple[str, str]:
 def _check_scheduler(ctx: _Ctx) -> tuple[str, str]:
     meta = ctx.need_meta()
     cfg = ctx.need_cfg()
-    step, trainer = meta["step"], meta["trainer"]
+    trainer = meta["trainer"]
+    step, tokens = _int(meta["step"], "step"), _int(meta["tokens"], "tokens")
     problems = []
-    last_epoch = meta["scheduler"]["last_epoch"]
+    last_epoch = _int(meta["scheduler"]["last_epoch"], "scheduler last_epoch")
     if last_epoch != step:
-        problems.append(f"scheduler last_epoch {last_epoch!r:.40} != step {step}")
-    if trainer["step"] != step:
-        problems.append(f"trainer step {trainer['step']!r:.40} != step {step}")
-    if meta["tokens"] != trainer["tokens"]:
-        problems.append(f"tokens {meta['tokens']!r:.40} != trainer tokens {trainer['tokens']!r:.40}")
+        problems.append(f"scheduler last_epoch {last_epoch} != step {step}")
+    if _int(trainer["step"], "trainer step") != step:
+        problems.append(f"trainer step {trainer['step']} != step {step}")
+    if _int(trainer["tokens"], "trainer tokens") != tokens:
+        problems.append(f"tokens {tokens} != trainer tokens {trainer['tokens']}")
     t = cfg.train
-    per_step = t.batch_size * t.grad_accum * cfg.model.seq_len * int(meta["world_size"])
-    tokens = meta["tokens"]
+    per_step = t.batch_size * t.grad_accum * cfg.model.seq_len * _int(meta["world_size"], "world_size")
     # A max_tokens budget may end in the middle of a step's worth of tokens.
     partial = bool(t.max_tokens) and tokens >= t.max_tokens and (step - 1) * per_step < tokens <= step * per_step
     if tokens != step * per_step and not partial:
-        problems.append(f"tokens {tokens!r:.40} != step {step} x {per_step} tokens per step (batch_size "
+        problems.append(f"tokens {tokens} != step {step} x {per_step} tokens per step (batch_size "
                         f"{t.batch_size} x grad_accum {t.grad_accum} x seq_len {cfg.model.seq_len} x world_size "
                         f"{meta['world_size']})")
     if problems:
@@ -451,16 +411,20 @@ def _check_scheduler(ctx: _Ctx) -> tuple[str, str]:
 def _check_generations(ctx: _Ctx) -> tuple[str, str]:
     meta = ctx.need_meta()
     model = ctx.need_model()
+    asked = ctx.need_cfg().checkpoint
     gens = meta["reference"]["generations"]
-    if not isinstance(gens, list) or not gens:
-        raise _Fail("meta.json records no reference generations")
+    if not isinstance(gens, list) or [g.get("prompt") for g in gens] != asked.reference_prompts:
+        raise _Fail(f"meta.json records generations for other prompts than config.json's "
+                    f"checkpoint.reference_prompts {asked.reference_prompts!r:.80}")
     warns, total = [], 0
     for g in gens:
         prompt, ids, tokens, margins = g["prompt"], g["prompt_ids"], g["tokens"], g["margins"]
+        # The length check also bounds the work: a doctored meta.json cannot ask for a million tokens.
         if not (isinstance(ids, list) and isinstance(tokens, list) and isinstance(margins, list)
-                and len(margins) == len(tokens) and all(type(t) is int for t in ids + tokens)
+                and len(margins) == len(tokens) == asked.reference_tokens and all(type(t) is int for t in ids + tokens)
                 and all(isinstance(m, (int, float)) and not isinstance(m, bool) for m in margins)):
-            raise _Fail(f"reference generation for {prompt!r:.40} is malformed in meta.json")
+            raise _Fail(f"reference generation for {prompt!r:.40} is malformed in meta.json (expected "
+                        f"{asked.reference_tokens} tokens with one margin each)")
         if ctx.tokenizer is not None and ctx.tokenizer.encode(prompt) != ids:
             raise _Fail(f"prompt {prompt!r:.40} encodes to other ids than recorded: the tokenizer changed")
         replay, _ = greedy_with_margins(model, ids, len(tokens))
@@ -489,9 +453,11 @@ def _check_logprobs(ctx: _Ctx) -> tuple[str, str]:
     batch, recorded = tensors["batch"], tensors["logprobs"]
     vocab = model.cfg.vocab_size
     p = batch.shape[-1] - 1
-    if batch.dtype != torch.int64 or batch.dim() != 2 or batch.shape[0] != 1 or not 1 <= p <= model.cfg.seq_len:
-        raise _Fail(f"{REFERENCE_FILE}: batch is {batch.dtype} {list(batch.shape)}, not int64 [1, P+1] with P <= "
-                    f"seq_len")
+    if batch.dtype != torch.int64 or batch.dim() != 2 or batch.shape[0] != 1 or p != ref["positions"]:
+        raise _Fail(f"{REFERENCE_FILE}: batch is {batch.dtype} {list(batch.shape)}, not int64 [1, P+1] with P = "
+                    f"{ref['positions']!r:.20} positions as meta.json records")
+    if not 1 <= p <= model.cfg.seq_len:
+        raise _Fail(f"{REFERENCE_FILE}: {p} positions do not fit seq_len {model.cfg.seq_len}")
     if batch.min() < 0 or batch.max() >= vocab:
         raise _Fail(f"{REFERENCE_FILE}: batch token ids outside [0, {vocab})")
     if recorded.dtype != torch.float32 or list(recorded.shape) != [p, vocab]:
@@ -528,21 +494,25 @@ def verify(path: str | Path, strict: bool = False) -> Report:
     started = time.perf_counter()
     ctx = _Ctx(Path(path))
     checks = []
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _one_thread():
         warnings.simplefilter("ignore")  # DCP warns about running without a process group
-        ctx.meta, ctx.meta_problem = _load_meta(ctx.path) if ctx.path.is_dir() else (None, "not a directory")
+        try:
+            ctx.meta = read_meta(ctx.path)
+        except (CheckpointError, OSError) as e:
+            ctx.meta_problem = str(e)
         for name, fn in CHECKS:
+            t0 = time.perf_counter()
             try:
                 status, detail = fn(ctx)
             except _Skip as e:
                 status, detail = SKIP, str(e)
-            except _Fail as e:
+            except (_Fail, CheckpointError) as e:
                 status, detail = FAIL, str(e)
             except (Exception, CheckpointException) as e:  # noqa: BLE001 - garbage raises anything; report it
                 status, detail = FAIL, f"{type(e).__name__}: {_short(e)}"
             if strict and status == WARN:
                 status, detail = FAIL, f"{detail} (--strict)"
-            checks.append(Check(name, status, " ".join(detail.split())[:_DETAIL_CHARS * 2]))
+            checks.append(Check(name, status, " ".join(detail.split())[:_DETAIL_CHARS * 2], time.perf_counter() - t0))
     return Report(str(path), checks, time.perf_counter() - started)
 
 
@@ -583,6 +553,33 @@ def resolve_targets(path: str | Path, all_checkpoints: bool = False,
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def _finite_range(t: torch.Tensor) -> tuple[bool, float]:
+    """(every value finite, the minimum). One reduction, no tensor-sized temporary (NaN propagates into both)."""
+    if t.numel() == 0:
+        return True, 0.0
+    low, high = torch.aminmax(t.detach().float() if not t.is_floating_point() else t.detach())
+    return bool(torch.isfinite(low) and torch.isfinite(high)), float(low)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch on one CPU thread: verify's work is small, latency-bound ops (batch-1 decoding, reductions)
+    that gain nothing from more threads, and on a busy machine spinning OpenMP threads make them many times
+    slower (a 20M-parameter checkpoint: ~1.5s on one thread, ~9s on two beside other jobs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _int(value: Any, what: str) -> int:
+    if type(value) is not int:
+        raise _Fail(f"meta.json: {what} {value!r:.40} is not an integer")
+    return value
+
+
 def _short(e: BaseException) -> str:
     return " ".join(str(e).split())[:_DETAIL_CHARS]
 

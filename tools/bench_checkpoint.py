@@ -1,0 +1,102 @@
+"""Checkpoint figures from real runs: write time and size, training stall with and without async saving,
+time from SIGTERM to a durable checkpoint, and time from `resume` to the first new step.
+
+    python tools/bench_checkpoint.py                  # quickstart model and a ~20M-parameter model
+    python tools/bench_checkpoint.py --models quickstart
+
+Each figure comes from the run's own metrics.jsonl events (save, save_submitted, preempt_saved,
+resume_ready), so it measures what users get.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from slmtrain.log import read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = {
+    "quickstart": [],
+    # ~20M parameters: 8 layers of width 384 over a 4k vocabulary.
+    "20M": ["model.n_layer=8", "model.n_embd=384", "model.n_head=6", "train.batch_size=4"],
+}
+
+
+def _run(args: list[str], run_dir: Path, sets: list[str], **kw) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "slmtrain", *args, *[a for s in sets for a in ("--set", s)]]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _events(run_dir: Path, name: str) -> list[dict]:
+    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == name]
+
+
+def _step_seconds(run_dir: Path) -> float:
+    rates = [r["tokens_per_s"] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "train"][2:]
+    train = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "train"]
+    tokens_per_step = train[-1]["tokens"] / train[-1]["step"]
+    return tokens_per_step / statistics.median(rates)
+
+
+def bench(name: str, extra: list[str], work: Path) -> None:
+    base = [f"data.cache_dir='{(work / 'cache').as_posix()}'", "train.max_steps=12", "checkpoint.every_steps=3",
+            "eval.every_steps=0", "eval.samples=0", "log.every_steps=1", "log.progress=false",
+            "schedule.warmup_steps=2", *extra]
+    recipe = str(REPO / "recipes" / "quickstart.toml")
+    for mode in ("sync", "async"):
+        run_dir = work / f"{name}-{mode}"
+        sets = base + (["checkpoint.async_save=true"] if mode == "async" else [])
+        proc = _run(["run", recipe, "--run-dir", str(run_dir)], run_dir, sets)
+        _, err = proc.communicate()
+        assert proc.returncode == 0, err
+        saves = _events(run_dir, "save")
+        step_s = _step_seconds(run_dir)
+        write_s = statistics.median(s["seconds"] for s in saves)
+        size = saves[-1]["bytes"]
+        if mode == "sync":
+            stall = write_s
+        else:
+            stall = statistics.median(s["stall_seconds"] for s in _events(run_dir, "save_submitted"))
+        print(f"{name:10s} {mode:5s} step {1000 * step_s:7.1f} ms | checkpoint {size / 1e6:6.1f} MB written in "
+              f"{1000 * write_s:7.1f} ms | training stall per save {1000 * stall:7.1f} ms "
+              f"({100 * stall / step_s:5.1f}% of a step)")
+    # Preemption: SIGTERM mid-run, then resume.
+    run_dir = work / f"{name}-preempt"
+    proc = _run(["run", recipe, "--run-dir", str(run_dir)], run_dir, base + ["train.max_steps=100000"])
+    while not any(r.get("kind") == "train" and r["step"] >= 3 for r in read_jsonl(run_dir / "metrics.jsonl")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.communicate()
+    saved = _events(run_dir, "preempt_saved")[0]
+    t0 = time.monotonic()
+    proc = _run(["resume", str(run_dir)], run_dir, ["train.max_steps=1"] and [])
+    while not _events(run_dir, "resume_ready"):
+        time.sleep(0.02)
+    wall = time.monotonic() - t0
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate()
+    ready = _events(run_dir, "resume_ready")[0]["seconds"]
+    print(f"{name:10s} SIGTERM -> durable checkpoint {saved['seconds']:.2f}s (exit {75}); resume -> first new step "
+          f"{ready:.2f}s in-process, {wall:.2f}s including interpreter start")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        for name in args.models:
+            bench(name, MODELS[name], Path(d))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
