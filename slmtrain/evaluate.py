@@ -134,11 +134,6 @@ def build_model(mcfg: config_mod.ModelConfig, device: str | torch.device = "cpu"
     return model.to_empty(device=device).float()
 
 
-def model_state_keys(model: GPT) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """{DCP key: (shape, dtype)} the checkpoint's model/ must hold for `model` (a tied matrix appears once)."""
-    return {MODEL_PREFIX + k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
-
-
 _ALLOWED_GLOBALS = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
                     *(("pathlib", n) for n in ("Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"))}
 _DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
@@ -151,10 +146,10 @@ class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
-        if module in _DCP_MODULES or module == "torch":
-            obj = super().find_class(module, name)
-            if isinstance(obj, type) if module != "torch" else isinstance(obj, _TORCH_VALUES):
-                return obj
+        if module in _DCP_MODULES and isinstance(obj := super().find_class(module, name), type):
+            return obj  # DCP's metadata dataclasses
+        if module == "torch" and isinstance(obj := super().find_class(module, name), _TORCH_VALUES):
+            return obj  # dtypes, layouts, memory formats
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a checkpoint's DCP metadata")
 
 

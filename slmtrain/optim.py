@@ -45,9 +45,10 @@ class Schedule:
             decay_start = max(self.warmup, int(self.total * (1.0 - self.decay_fraction)))
             if step < decay_start:
                 return 1.0
-            progress = min(1.0, (step - decay_start) / max(1, self.total - decay_start))
+            progress = min(1.0, (step - decay_start) / max(1, self.total - 1 - decay_start))
             return 1.0 - (1.0 - self.floor) * progress
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        # The last step (total - 1) runs exactly at the floor.
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - 1 - self.warmup))
         if self.kind == "linear":
             return 1.0 - (1.0 - self.floor) * progress
         return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -65,7 +65,10 @@ class RunManager:
     # ----------------------------------------------------------------------------------------- entry
     def execute(self) -> int:
         """Run to completion or preemption; returns the process exit code (0, 75, 2, 1 or 130)."""
+        self.device = pick_device(self.cfg.run.device, self.info)
+        dist.init(self.info, self.device, self.cfg.parallel.backend)
         self._check_dir()
+        dist.barrier()  # every rank has looked before rank 0 writes run.json
         self.run_dir.mkdir(parents=True, exist_ok=True)
         lock = RunLock(self.run_dir) if self.info.is_main else None
         if lock is not None:
@@ -88,6 +91,7 @@ class RunManager:
             self.flag.uninstall()
             if lock is not None:
                 lock.release()
+            dist.shutdown()
 
     def _check_dir(self) -> None:
         exists = (self.run_dir / runinfo.RUN_JSON).exists()
@@ -120,17 +124,18 @@ class RunManager:
         except BaseException as e:
             self._end("failed", 1, f"{type(e).__name__}: {e}")
             raise
-        finally:
-            dist.shutdown()
 
     # ------------------------------------------------------------------------------------- building
     def _build(self) -> None:
         cfg, info = self.cfg, self.info
-        self.device = pick_device(cfg.run.device, info)
-        dist.init(info, self.device, cfg.parallel.backend)
         if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.prepared = prepare_data(cfg, stop=self.flag.check, log=self.console.info)
+        # Rank 0 builds the cache; the others wait, then reuse it instead of tokenizing the same data again.
+        if info.is_main:
+            self.prepared = prepare_data(cfg, stop=self.flag.check, log=self.console.info)
+        dist.barrier()
+        if not info.is_main:
+            self.prepared = prepare_data(cfg, stop=self.flag.check, log=lambda _m: None)
         tok = self.tokenizer = self.prepared.tokenizer
         vocab = cfg.model.vocab_size or 64 * math.ceil(tok.vocab_size / 64)
         if vocab < tok.vocab_size:

@@ -13,8 +13,9 @@ from pathlib import Path
 import orjson
 
 VERIFY_EPILOG = """exit codes: 0 sound | 1 not sound | 2 bad usage (no such checkpoint or run directory)
---json prints one object {"path", "sound", "checks": [{"name", "status", "detail", "seconds"}], "seconds"};
-with --all, {"path", "sound", "checkpoints": [one such object per checkpoint], "seconds"}."""
+--json prints one object {"path", "sound", "checks": [{"name", "status", "detail", "seconds"}], "seconds"}
+(status: pass | fail | warn | skip, skip when an earlier check it needs failed); with --all,
+{"path", "sound", "checkpoints": [one such object per checkpoint], "seconds"}."""
 
 
 def _err(msg: str) -> None:
@@ -25,10 +26,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register verify, generate and eval on the `slmtrain` subparsers."""
     p = sub.add_parser("verify", help="check that a checkpoint is sound (exit 0) or not (exit 1)",
                        epilog=VERIFY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Rebuild the model from a checkpoint's own files on CPU in fp32 and check "
-                       "everything: file checksums, config, weights (keys, shapes, dtype, strict load), tied "
-                       "embeddings, tokenizer fingerprint, optimizer and scheduler state, and replay the recorded "
-                       "greedy generations and reference log-probabilities.")
+                       description="Rebuild the model from a checkpoint's own files on CPU in fp32 and check\n"
+                       "everything: file checksums, config, weights (keys, shapes, dtype, strict load), tied\n"
+                       "embeddings, tokenizer fingerprint, optimizer and scheduler state; replay the recorded\n"
+                       "greedy generations and reference log-probabilities. One line per check, then SOUND or\n"
+                       "NOT SOUND.")
     p.add_argument("path", help="a checkpoint directory, or a run directory (its latest checkpoint)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     p.add_argument("--strict", action="store_true",

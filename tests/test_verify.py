@@ -36,7 +36,7 @@ CHECK_NAMES = [name for name, _ in CHECKS]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """An fp32 run with checkpoints at steps 10 and 20, and a bf16 run with one at step 6."""
+    """An fp32 run with checkpoints at steps 10 and 20; bf16, fp16 (grad scaler) and untied llama runs."""
     tmp = tmp_path_factory.mktemp("verify-runs")
     recipe = write_recipe(tmp, tmp / "cache")
     common = ["--set", "log.every_steps=5"]
@@ -44,7 +44,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                      "--set", "checkpoint.every_steps=10", "--set", "eval.every_steps=10", *common]) == 0
     assert cli.main(["run", str(recipe), "--run-dir", str(tmp / "bf16"), "--set", "run.precision='bf16'",
                      "--set", "train.max_steps=6", "--set", "eval.every_steps=0", *common]) == 0
-    return {"fp32": tmp / "fp32", "bf16": tmp / "bf16"}
+    assert cli.main(["run", str(recipe), "--run-dir", str(tmp / "fp16"), "--set", "run.precision='fp16'",
+                     "--set", "train.max_steps=4", "--set", "eval.every_steps=0", *common]) == 0
+    assert cli.main(["run", str(recipe), "--run-dir", str(tmp / "llama"), "--set", "model.flavour='llama'",
+                     "--set", "model.tie_embeddings=false", "--set", "train.max_steps=4", "--set", "eval.every_steps=0",
+                     *common]) == 0
+    return {"fp32": tmp / "fp32", "bf16": tmp / "bf16", "fp16": tmp / "fp16", "llama": tmp / "llama"}
 
 
 @pytest.fixture(scope="module")
@@ -124,11 +129,15 @@ def test_final_and_intermediate_checkpoints_are_sound(runs: dict[str, Path], whi
     assert report.format().splitlines()[-1].startswith("SOUND")
 
 
-def test_bf16_run_verifies_on_cpu_in_fp32(runs: dict[str, Path]) -> None:
-    (ckpt,) = resolve_targets(runs["bf16"])
+@pytest.mark.parametrize("run", ["bf16", "fp16", "llama"])
+def test_other_precisions_and_flavours_verify_on_cpu_in_fp32(runs: dict[str, Path], run: str) -> None:
+    (ckpt,) = resolve_targets(runs[run])
     report = verify(ckpt)
     assert report.sound, report.format()
+    assert all(c.status == "pass" for c in report.checks), report.format()
     assert "float32" in _status(report)["weights"][1]
+    assert ("grad scaler" in _status(report)["optimizer"][1]) == (run == "fp16")
+    assert _status(report)["tied_weights"][1].startswith("untied" if run == "llama" else "output projection is")
 
 
 def test_a_copied_checkpoint_verifies_anywhere(ckpt: Path) -> None:
@@ -393,7 +402,8 @@ def test_bad_paths_are_usage_errors(tmp_path: Path, kind: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def test_cli_in_process_report_and_all(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_in_process_report_and_all(runs: dict[str, Path], tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["verify", str(runs["fp32"])]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith("verify ") and out[-1].startswith("SOUND")
@@ -402,6 +412,12 @@ def test_cli_in_process_report_and_all(runs: dict[str, Path], capsys: pytest.Cap
     doc = orjson.loads(capsys.readouterr().out)
     assert doc["sound"] is True and [Path(c["path"]).name for c in doc["checkpoints"]] == [
         "step_00000010", "step_00000020"]
+    run = Path(shutil.copytree(runs["fp32"], tmp_path / "run"))
+    (run / "checkpoints" / "step_00000010" / "tokenizer.json").write_text("{}")
+    assert cli.main(["verify", str(run)]) == 0  # latest is intact
+    capsys.readouterr()
+    assert cli.main(["verify", str(run), "--all"]) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "NOT SOUND: 1 of 2 checkpoints (step_00000010)"
 
 
 def test_cli_subprocess_exit_codes_and_json(runs: dict[str, Path], ckpt: Path) -> None:
