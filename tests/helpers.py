@@ -83,6 +83,7 @@ def slmtrain_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "slmtrain", *args]
 
 
-def run_cli(*args: str, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None,
+            **kw: Any) -> subprocess.CompletedProcess:
+    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
     return subprocess.run(slmtrain_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env, **kw)

@@ -166,3 +166,21 @@ def test_copying_a_checkpoint_keeps_it_usable(trained: Path, tmp_path: Path) -> 
     shutil.copytree(ckpt, tmp_path / "copy")
     saved = read_json(tmp_path / "copy" / "config.json")
     assert config.from_dict(saved["recipe"]).model.vocab_size == 512
+
+
+def test_tinystories_recipe_on_real_data(shared_data: Path, tmp_path: Path) -> None:
+    """The shipped recipe on real TinyStories text with the GPT-2 tokenizer, cut to a few steps."""
+    import os
+
+    env = {**os.environ, "SLMTRAIN_DATA": str(shared_data)}
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tinystories.toml"
+    proc = run_cli("run", str(recipe), "--run-dir", str(tmp_path / "run"), "--set", "train.max_steps=6",
+                   "--set", "data.max_documents=300", "--set", "eval.every_steps=3", "--set", "eval.batches=2",
+                   "--set", f"data.cache_dir='{(tmp_path / 'cache').as_posix()}'", "--set", "log.every_steps=1",
+                   "--set", "train.batch_size=4", timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = config.load(tmp_path / "run" / "recipe.toml")
+    assert cfg.model.vocab_size == 50304  # GPT-2's 50,257 tokens rounded up to a multiple of 64
+    assert Tokenizer.from_file(tmp_path / "run" / "tokenizer.json").encode("Hello world") == [15496, 995]
+    losses = train_losses(tmp_path / "run")
+    assert losses[6] < losses[1]

@@ -1,0 +1,56 @@
+"""Stopping rules, precisions and the non-finite guard, on short real runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import events, train_losses, write_recipe
+
+from slmtrain import cli
+from slmtrain.fsio import read_json
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def _run(tmp_path: Path, cache: Path, *sets: str) -> int:
+    args = ["run", str(write_recipe(tmp_path, cache)), "--run-dir", str(tmp_path / "run")]
+    for s in sets:
+        args += ["--set", s]
+    return cli.main(args)
+
+
+def test_max_tokens_stops_the_run(tmp_path: Path, cache: Path) -> None:
+    # 16 x 64 = 1024 tokens per step: 10 steps reach 10,240 >= 10,000.
+    assert _run(tmp_path, cache, "train.max_steps=0", "train.max_tokens=10000", "eval.every_steps=0") == 0
+    assert max(train_losses(tmp_path / "run")) == 10
+
+
+def test_max_minutes_stops_the_run(tmp_path: Path, cache: Path) -> None:
+    assert _run(tmp_path, cache, "train.max_steps=1000000", "train.max_minutes=0.002", "eval.every_steps=0") == 0
+    steps = max(train_losses(tmp_path / "run"))
+    assert 1 <= steps < 1000000
+    assert read_json(tmp_path / "run" / "run.json")["attempts"][-1]["reason"] == "finished (max_minutes)"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_trains(tmp_path: Path, cache: Path, precision: str) -> None:
+    assert _run(tmp_path, cache, f"run.precision='{precision}'", "train.max_steps=20") == 0
+    losses = train_losses(tmp_path / "run")
+    assert losses[20] < losses[1]
+    saved = read_json(tmp_path / "run" / "checkpoints" / "step_00000020" / "meta.json")
+    assert (saved["scaler"] is not None) == (precision == "fp16")
+
+
+def test_divergence_skips_updates_then_fails(tmp_path: Path, cache: Path, capsys) -> None:
+    code = _run(tmp_path, cache, "optim.lr=10.0", "optim.grad_clip=0.0", "schedule.warmup_steps=0", "model.init_std=1.0",
+                "train.skip_nonfinite=2", "eval.every_steps=0")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "consecutive non-finite steps" in err and "Traceback" not in err
+    skipped = events(tmp_path / "run", "skipped_step")
+    assert len(skipped) == 3 and [e["consecutive"] for e in skipped] == [1, 2, 3]
+    assert read_json(tmp_path / "run" / "run.json")["status"] == "failed"
