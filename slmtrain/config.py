@@ -288,9 +288,6 @@ def _cross_checks(cfg: Config) -> list[str]:
         p.append(f"data.train is empty: data.source = {d.source!r} needs a training file")
     if d.source not in ("builtin", "text", "jsonl", "parquet") and not d.source.startswith("hf:"):
         p.append(f"data.source: {d.source!r} is not builtin, text, jsonl, parquet or hf:DATASET")
-    if m.vocab_size and cfg.tokenizer.kind == "bpe" and m.vocab_size < cfg.tokenizer.vocab_size:
-        p.append(f"model.vocab_size ({m.vocab_size}) is smaller than tokenizer.vocab_size "
-                 f"({cfg.tokenizer.vocab_size})")
     if not cfg.eval.prompts:
         p.append("eval.prompts is empty: give at least one prompt")
     if not cfg.checkpoint.reference_prompts:

@@ -396,13 +396,12 @@ def _check_scheduler(ctx: _Ctx) -> tuple[str, str]:
     if _int(trainer["tokens"], "trainer tokens") != tokens:
         problems.append(f"tokens {tokens} != trainer tokens {trainer['tokens']}")
     t = cfg.train
-    per_step = t.batch_size * t.grad_accum * cfg.model.seq_len * _int(meta["world_size"], "world_size")
-    # A max_tokens budget may end in the middle of a step's worth of tokens.
-    partial = bool(t.max_tokens) and tokens >= t.max_tokens and (step - 1) * per_step < tokens <= step * per_step
-    if tokens != step * per_step and not partial:
-        problems.append(f"tokens {tokens} != step {step} x {per_step} tokens per step (batch_size "
-                        f"{t.batch_size} x grad_accum {t.grad_accum} x seq_len {cfg.model.seq_len} x world_size "
-                        f"{meta['world_size']})")
+    # Every step adds this per process; a run resumed at another world size mixes world sizes.
+    per_process = t.batch_size * t.grad_accum * cfg.model.seq_len
+    if tokens % per_process or tokens < step * per_process:
+        problems.append(f"tokens {tokens} is not a whole number of steps of {per_process} tokens per process "
+                        f"(batch_size {t.batch_size} x grad_accum {t.grad_accum} x seq_len {cfg.model.seq_len}) "
+                        f"covering step {step}")
     if problems:
         raise _Fail("; ".join(problems))
     return PASS, f"step {step}, scheduler last_epoch {last_epoch}, {tokens:,} tokens"

@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist every worker (and every process it starts) would run 2 torch threads on 2 cores; the
+# oversubscription makes small ops many times slower. One thread each keeps the suite fast; numbers are
+# compared only between runs of the same configuration, so determinism is unaffected.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
