@@ -158,12 +158,19 @@ class Saver:
             self.background.close()
 
 
-def _check_compatible(rm: RunManager, saved: dict[str, Any], path: Path) -> None:
+def _check_compatible(rm: RunManager, saved: dict[str, Any], path: Path, saved_world: int) -> None:
     try:
         old = config_mod.from_dict(saved["recipe"], origin=f"{path}/config.json")
     except (KeyError, TypeError, UserError) as e:
         raise CheckpointError(f"{path}/config.json does not hold a valid recipe: {e}") from None
     unsafe = [k for k in config_mod.diff(old, rm.cfg) if k not in config_mod.RESUME_SAFE_KEYS]
+    # The split of the global batch into processes x accumulation x micro-batch may change with the world
+    # size: the global sample indices of every step, hence the data, stay the same.
+    split = {"train.batch_size", "train.grad_accum"}
+    new, was = rm.cfg.train, old.train
+    if set(unsafe) <= split and \
+            new.batch_size * new.grad_accum * rm.info.world_size == was.batch_size * was.grad_accum * saved_world:
+        unsafe = []
     if unsafe:
         changes = ", ".join(f"{k} ({_get(old, k)!r} -> {_get(rm.cfg, k)!r})" for k in unsafe)
         raise UserError(f"cannot resume {rm.run_dir} with a changed recipe: {changes}. These keys change the "
@@ -179,7 +186,7 @@ def _get(cfg: config_mod.Config, dotted: str) -> Any:
 def restore(rm: RunManager, path: Path) -> int:
     """Load everything a checkpoint holds into the freshly built components; returns its step."""
     meta = read_meta(path)
-    _check_compatible(rm, fsio.read_json(path / "config.json"), path)
+    _check_compatible(rm, fsio.read_json(path / "config.json"), path, int(meta.get("world_size", 1)))
     app = model_optim_state(rm.model, rm.optimizer)
     load_app_state(path, app)
     load_model_optim_state(rm.model, rm.optimizer, app)

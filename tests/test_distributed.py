@@ -37,8 +37,15 @@ def test_ddp_two_ranks_match_one_rank_with_accumulation_and_reshard_on_resume(tm
     assert all(abs(a[s] - b[s]) < 1e-4 * max(1.0, abs(b[s])) for s in a), (a, b)
     ckpts = list_checkpoints(tmp_path / "ddp" / "checkpoints")
     assert ckpts[-1].committed and ckpts[-1].meta["world_size"] == 2
-    # The 2-rank checkpoint resumes in one process (torch.distributed.checkpoint reshards).
-    resumed = run_cli("resume", str(tmp_path / "ddp"), "--set", "train.max_steps=25", timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from step_00000020" in resumed.stderr
-    assert max(train_losses(tmp_path / "ddp")) == 25
+    # The 2-rank checkpoint resumes in one process (torch.distributed.checkpoint reshards), keeping the
+    # global batch by accumulating twice; the continuation matches the 1-process run continued alike.
+    for name in ("ddp", "one"):
+        resumed = run_cli("resume", str(tmp_path / name), "--set", "train.max_steps=25", "--set", "train.grad_accum=2",
+                          timeout=300)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resuming from step_00000020" in resumed.stderr
+    a, b = train_losses(tmp_path / "ddp"), train_losses(tmp_path / "one")
+    assert max(a) == 25 and all(abs(a[s] - b[s]) < 1e-4 * max(1.0, abs(b[s])) for s in range(21, 26)), (a, b)
+    refused = run_cli("resume", str(tmp_path / "ddp"), "--set", "train.max_steps=30", "--set", "train.grad_accum=1",
+                      timeout=300)
+    assert refused.returncode == 2 and "train.grad_accum (2 -> 1)" in refused.stderr  # would halve the batch
