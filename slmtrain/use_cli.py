@@ -1,5 +1,5 @@
 """CLI subcommands that use a finished checkpoint: verify, generate, eval. Thin: the work is in verify.py,
-evaluate.py and generate.py.
+ckptload.py, evaluate.py and generate.py.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
+    from slmtrain.ckptload import load_model, pick_device, resolve_checkpoint
     from slmtrain.errors import UserError
-    from slmtrain.evaluate import load_model, pick_device, resolve_checkpoint
     from slmtrain.generate import generate
 
     if args.num_samples < 1:
@@ -145,9 +145,10 @@ def _stream_text(decode: Callable[[list[int]], str], prompt: list[int], stream: 
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from slmtrain.errors import UserError
-    from slmtrain.evaluate import evaluate_checkpoint, pick_device, resolve_checkpoint
     from slmtrain.checkpoint import read_meta
+    from slmtrain.ckptload import pick_device, resolve_checkpoint
+    from slmtrain.errors import UserError
+    from slmtrain.evaluate import evaluate_checkpoint
 
     if args.batches < 0 or args.batch_size < 0:
         raise UserError("--batches and --batch-size must be >= 0 (0: every window / the recipe's batch size)")

@@ -12,9 +12,9 @@ import torch
 from helpers import run_cli, write_recipe
 
 from slmtrain import cli
+from slmtrain.ckptload import load_model, resolve_checkpoint
 from slmtrain.data.tokenizer import EOS_TOKEN, Tokenizer
 from slmtrain.errors import CheckpointError, UserError
-from slmtrain.evaluate import load_model, resolve_checkpoint
 from slmtrain.use_cli import _stream_text
 
 STORIES = ["Tom had a red ball. He liked to play with it in the park every day.",

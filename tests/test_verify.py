@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from slmtrain import cli
+from slmtrain.ckptload import load_model
 from slmtrain.data.stories import generate_stories
 from slmtrain.data.tokenizer import train_bpe
 from slmtrain.errors import UserError
-from slmtrain.evaluate import load_model
 from slmtrain.manifest import meta_digest
 from slmtrain.reference import MARGIN_TOLERANCE
 from slmtrain.verify import CHECKS, Report, resolve_targets, verify
