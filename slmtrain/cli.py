@@ -65,9 +65,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.recipe, args.overrides)
     run_dir = resolve_run_dir(cfg, args.run_dir)
+    # With --resume the given recipe is what continues the run: a change to it outside the keys that may
+    # change on resume is refused against the checkpoint, never silently ignored.
     resume = bool(args.resume) and (run_dir / "run.json").exists()
-    if resume:
-        cfg = config.load(run_dir / "recipe.toml", args.overrides)
     return RunManager(cfg, run_dir, resume=resume).execute()
 
 

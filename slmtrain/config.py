@@ -50,7 +50,8 @@ class DataConfig:
     builtin_valid_stories: int = _f(500, "Stories generated for validation, from a disjoint seed.", lo=1)
     max_documents: int = _f(0, "Use at most this many training documents (0: all).", lo=0)
     cache_dir: str = _f("", "Where prepared token files live. Empty: OUT_DIR/.data.")
-    prepare_workers: int = _f(0, "Processes for tokenization (0: one per CPU).", lo=0, hi=256)
+    prepare_workers: int = _f(0, "Tokenizer processes: 0 or 1 tokenize in-process on every core (Rust threads).",
+                              lo=0, hi=256)
     loader_workers: int = _f(0, "DataLoader worker processes serving batches.", lo=0, hi=64)
 
 

@@ -22,11 +22,6 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def fsync_file(path: str | os.PathLike[str]) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Replace `path` with `data` atomically and durably."""
     path = Path(path)

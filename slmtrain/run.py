@@ -18,7 +18,7 @@ from slmtrain.checkpoint import cleanup_tmp, find_resume, list_checkpoints
 from slmtrain.config import Config
 from slmtrain.data.prepare import PrepareInterrupted, prepare_data
 from slmtrain.data.stream import build_train_loader, eval_batches
-from slmtrain.errors import SlmError, UserError
+from slmtrain.errors import CheckpointError, SlmError, UserError
 from slmtrain.generate import generate
 from slmtrain.lock import RunLock
 from slmtrain.log import Console, MetricsWriter, fmt_count, fmt_duration, read_jsonl
@@ -69,17 +69,22 @@ class RunManager:
         dist.init(self.info, self.device, self.cfg.parallel.backend)
         self._check_dir()
         dist.barrier()  # every rank has looked before rank 0 writes run.json
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the run directory {self.run_dir} ({e.strerror}): choose a writable "
+                            f"place with --run-dir or run.out_dir") from None
         lock = RunLock(self.run_dir) if self.info.is_main else None
         if lock is not None:
             lock.acquire()
         poller = None
+        self.saver: Saver | None = None
         try:
+            self.flag.install()  # before run.json says "running": a signal from here on is handled
             if self.info.is_main:
                 if not self.resume:  # a resume rewrites it only once the checkpoint accepted the recipe
                     fsio.atomic_write_text(self.run_dir / "recipe.toml", config_mod.to_toml(self.cfg))
-                runinfo.start_attempt(self.run_dir, "resume" if self.resume else "run")
-            self.flag.install()
+                self.previous_status = runinfo.start_attempt(self.run_dir, "resume" if self.resume else "run")
             c = self.cfg.checkpoint
             if c.notice_file or c.notice_url:
                 poller = NoticePoller(self.flag, file=c.notice_file, url=c.notice_url, interval=c.notice_interval)
@@ -88,13 +93,31 @@ class RunManager:
         finally:
             if poller is not None:
                 poller.stop()
+                if poller.errors:
+                    self.console.info(f"notice poller: {poller.errors} polls of {c.notice_url} failed "
+                                      f"(last: {poller.last_error})")
             self.flag.uninstall()
+            self._close_saver()
             if lock is not None:
                 lock.release()
             dist.shutdown()
 
+    def _close_saver(self) -> None:
+        """A background save still in flight finishes before the lock is released."""
+        if self.saver is None:
+            return
+        try:
+            self.saver.close()
+        except Exception as e:  # noqa: BLE001 - the run already ended; report, don't mask its exit
+            self.console.info(f"the last background checkpoint save failed: {type(e).__name__}: {e}")
+
     def _check_dir(self) -> None:
+        record = runinfo.read(self.run_dir)
         exists = (self.run_dir / runinfo.RUN_JSON).exists()
+        # A run that failed before its first checkpoint (bad data, say) may simply be started again.
+        if exists and not self.resume and record and record.get("status") == "failed" \
+                and not list_checkpoints(self.ckpt_root):
+            return
         if exists and not self.resume:
             raise UserError(
                 f"run directory {self.run_dir} already holds a run: continue it with `slmtrain resume "
@@ -119,7 +142,8 @@ class RunManager:
             self.console.info("aborted by a second SIGINT: no checkpoint written for this attempt")
             return self._end("failed", EXIT_ABORTED, "aborted (second SIGINT)")
         except UserError as e:
-            self._end("failed", e.exit_code, str(e))
+            # Bad input changed nothing: a refused resume leaves the run as preempted/finished as it was.
+            self._end(getattr(self, "previous_status", None) or "failed", e.exit_code, str(e))
             raise
         except BaseException as e:
             self._end("failed", 1, f"{type(e).__name__}: {e}")
@@ -199,6 +223,7 @@ class RunManager:
         last_log = time.monotonic()
         tokens_at_log = st["tokens"]
         step_start_seconds = st["train_seconds"]
+        self.first_step = st["step"]
         loop_start = time.monotonic()
         if self.resume:
             ready = time.monotonic() - started
@@ -239,8 +264,8 @@ class RunManager:
                                       f"{fmt_count(tps)} tok/s | ETA {fmt_duration(eta)}")
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < self.total_steps:
                 self._evaluate()
-            if step == 3:
-                self.saver.warn_if_over_grace(st["train_seconds"] / 3)
+            if step == self.first_step + 3:  # a few steps into every attempt, once the timing means something
+                self.saver.warn_if_over_grace((st["train_seconds"] - step_start_seconds) / 3)
             self.saver.maybe_save_periodic()
         if stop_reason == "preempted":
             return self._preempt_exit()
@@ -286,7 +311,9 @@ class RunManager:
 
     def _evaluate(self) -> None:
         cfg, st = self.cfg, self.state
-        loss = evaluate(self.model, self.val_batches, self.device, cfg.run.precision, should_stop=self.flag.check)
+        # One process may cut evaluation short on preemption; ranks must not, or their collectives would pair up wrong.
+        stop = self.flag.check if not self.info.enabled else None
+        loss = evaluate(self.model, self.val_batches, self.device, cfg.run.precision, should_stop=stop)
         if loss is None:
             return
         loss = dist.all_mean(loss, self.device)
@@ -319,8 +346,8 @@ class RunManager:
         path = find_resume(self.ckpt_root, log=self.console.info)
         if path is None:
             if list_checkpoints(self.ckpt_root):
-                raise UserError(f"no sound checkpoint in {self.ckpt_root} (see the problems above); nothing "
-                                f"was deleted. Inspect them with `slmtrain status {self.run_dir}`")
+                raise CheckpointError(f"no sound checkpoint in {self.ckpt_root} (see the problems above); nothing "
+                                      f"was deleted. Inspect them with `slmtrain status {self.run_dir}`")
             self.console.info("no checkpoint yet: starting from step 0")
             self._truncate_metrics(0)
             return

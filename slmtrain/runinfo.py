@@ -35,13 +35,16 @@ def read(run_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def start_attempt(run_dir: Path, kind: str) -> None:
+def start_attempt(run_dir: Path, kind: str) -> str | None:
+    """Record a new attempt as running; returns the status before it (None for a new run)."""
     data = read(run_dir) or {"created": time.time(), "attempts": []}
+    previous = data.get("status")
     data["status"] = "running"
     data["versions"] = versions()
     data["attempts"].append({"kind": kind, "pid": os.getpid(), "host": socket.gethostname(),
                              "start": time.time(), "end": None, "exit_code": None, "reason": None})
     fsio.atomic_write_json(run_dir / RUN_JSON, data)
+    return previous
 
 
 def end_attempt(run_dir: Path, status: str, exit_code: int, reason: str, **extra: Any) -> None:

@@ -45,7 +45,11 @@ class Saver:
     def __init__(self, rm: RunManager) -> None:
         self.rm = rm
         self.cfg = rm.cfg.checkpoint
-        self.background = AsyncSaver() if self.cfg.async_save else None
+        # DCP's collectives on a background thread would interleave with training's under a process group.
+        self.background = AsyncSaver() if self.cfg.async_save and not rm.info.enabled else None
+        if self.cfg.async_save and rm.info.enabled:
+            rm.console.info("checkpoint.async_save is ignored with several processes: saves are synchronous")
+        self.pending_step: int | None = None
         self.last_time = time.monotonic()
         self.last_path: Path | None = None
         self.last_seconds: float | None = None
@@ -80,19 +84,23 @@ class Saver:
         try:
             self.background.poll()
         except Exception as e:  # noqa: BLE001 - any write error is handled by policy
-            self._failed(e, final=False)
+            self._failed(e, final=False, step=self.pending_step)
 
     def save(self, reason: str, wait: bool = False) -> None:
         """Write a checkpoint at the current step. `wait`: return only once it is durable."""
         rm = self.rm
         started = time.monotonic()
+        if self.background is not None:
+            try:
+                self.background.wait()  # at most one save in flight
+            except Exception as e:  # noqa: BLE001 - the earlier save's failure; this one still goes ahead
+                self._failed(e, final=False, step=self.pending_step)
         try:
-            if self.background is not None:
-                self.background.wait()  # at most one save in flight; also surfaces its error
             payload = self._package(reason)
             if self.background is not None and not wait:
                 payload = {k: snapshot(v) if k in ("app", "rank") else v for k, v in payload.items()}
                 stall = time.monotonic() - started
+                self.pending_step = payload["step"]
                 self.background.submit(lambda: self._write(payload, started))
                 rm.metrics.write("event", event="save_submitted", step=rm.state["step"], reason=reason,
                                  stall_seconds=round(stall, 4))
@@ -104,8 +112,8 @@ class Saver:
         finally:
             self.last_time = time.monotonic()
 
-    def _failed(self, error: Exception, final: bool) -> None:
-        step = self.rm.state["step"]
+    def _failed(self, error: Exception, final: bool, step: int | None = None) -> None:
+        step = self.rm.state["step"] if step is None else step
         msg = (f"checkpoint save at step {step} failed: {type(error).__name__}: {error}. The previous checkpoint "
                f"({self.last_path.name if self.last_path else 'none'}) is intact.")
         self.rm.metrics.write("event", event="save_failed", step=step, error=f"{type(error).__name__}: {error}")
@@ -130,6 +138,7 @@ class Saver:
             "best_val_loss": st["best_val_loss"], "scheduler": rm.scheduler.state_dict(),
             "scaler": rm.scaler.state_dict() if rm.scaler is not None else None,
             "tokenizer_fingerprint": tok.fingerprint, "params": rm.model.num_params(),
+            "data_fingerprints": rm.prepared.meta["source_fingerprints"],
             "reference": ref_meta,
         }
         files = {
@@ -145,7 +154,8 @@ class Saver:
         info = rm.info
         path = save_checkpoint(rm.ckpt_root, p["step"], p["app"], p["rank"], p["files"], p["meta"],
                                rank=info.rank, world_size=info.world_size, log=rm.console.info)
-        if info.is_main:
+        # Not while preempted: pruning re-hashes the kept checkpoints, time the grace period may not have.
+        if info.is_main and p["meta"]["reason"] != "preempt":
             prune(rm.ckpt_root, self.cfg.keep_last, self.cfg.keep_best, protect={path})
         self.last_path = path
         self.last_seconds = time.monotonic() - started
@@ -187,6 +197,14 @@ def restore(rm: RunManager, path: Path) -> int:
     """Load everything a checkpoint holds into the freshly built components; returns its step."""
     meta = read_meta(path)
     _check_compatible(rm, fsio.read_json(path / "config.json"), path, int(meta.get("world_size", 1)))
+    if meta.get("tokenizer_fingerprint") != rm.tokenizer.fingerprint:
+        raise UserError(f"cannot resume from {path}: the tokenizer built for this run differs from the one the "
+                        f"checkpoint was trained with (the training data or tokenizer files changed?). Restore "
+                        f"them, or start a new run with `slmtrain run`.")
+    if meta.get("data_fingerprints", rm.prepared.meta["source_fingerprints"]) != rm.prepared.meta["source_fingerprints"]:
+        raise UserError(f"cannot resume from {path}: the training or validation data changed since the checkpoint "
+                        f"was written (source fingerprints differ), so the run would not continue as it began. "
+                        f"Restore the data files, or start a new run with `slmtrain run`.")
     app = model_optim_state(rm.model, rm.optimizer)
     load_app_state(path, app)
     load_model_optim_state(rm.model, rm.optimizer, app)

@@ -34,12 +34,11 @@ def autocast_context(device_type: str, precision: str) -> contextlib.AbstractCon
 
 def train_step(model: torch.nn.Module, batches: Iterator[Batch], optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, *, grad_accum: int, grad_clip: float,
-               device: torch.device, precision: str, scaler: torch.amp.GradScaler | None = None,
-               should_stop: Callable[[], bool] | None = None) -> StepStats:
+               device: torch.device, precision: str, scaler: torch.amp.GradScaler | None = None) -> StepStats:
     """Run `grad_accum` micro-batches and one optimizer update.
 
-    `should_stop` is not used to abandon the step: a preempted step still completes so the saved
-    state sits on an optimizer-step boundary, which is what makes resume exact.
+    A preempted step still completes, so a saved state always sits on an optimizer-step boundary:
+    that is what makes resume exact.
     """
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=device)
@@ -67,10 +66,11 @@ def train_step(model: torch.nn.Module, batches: Iterator[Batch], optimizer: torc
     # One host sync per step: skipping a poisoned update is worth more than the overlap it costs.
     finite = bool(torch.isfinite(total) and torch.isfinite(grad_norm))
     if scaler is not None:
-        # The scaler skips inf/nan steps itself and lowers its scale; that is its normal operation.
+        # The scaler skips steps with inf/nan gradients and lowers its scale: its normal calibration, not
+        # divergence. Only a non-finite loss counts as a skipped step.
         scaler.step(optimizer)
         scaler.update()
-        skipped = not finite
+        skipped = not bool(torch.isfinite(total))
     elif finite:
         optimizer.step()
         skipped = False

@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 from chaos import final_weights, run_experiment  # noqa: E402
 
-# Small corpus (a few passes over the data in one run), gradient accumulation, frequent checkpoints.
+# Small corpus (a few passes over the data in one run), gradient accumulation, dropout (so the RNG state
+# matters), frequent checkpoints.
 RESUME_EXTRA = """
 [data]
 builtin_train_stories = 12
@@ -32,10 +33,12 @@ cache_dir = "{cache}"
 vocab_size = 320
 train_documents = 12
 [model]
+flavour = "llama"
 n_layer = 2
 n_head = 2
 n_embd = 32
 seq_len = 32
+dropout = 0.1
 [train]
 batch_size = 4
 grad_accum = 2
@@ -184,6 +187,12 @@ def test_changed_recipe_is_refused_on_resume(reference: Path, tmp_path: Path, ca
     assert code == 2
     assert "model.n_layer (2 -> 3)" in err and "optim.lr" in err
     assert (run_dir / "metrics.jsonl").read_bytes() == before
+    assert read_json(run_dir / "run.json")["status"] == "finished"  # a refused resume changes nothing
+    # `run RECIPE --resume` compares the given recipe too, instead of ignoring its edits.
+    recipe = tmp_path / "edited.toml"
+    recipe.write_text((reference.parent / "r.toml").read_text().replace("n_embd = 32", "n_embd = 48"))
+    assert cli.main(["run", str(recipe), "--run-dir", str(run_dir), "--resume"]) == 2
+    assert "model.n_embd (32 -> 48)" in capsys.readouterr().err
     code = cli.main(["resume", str(run_dir), "--set", "log.every_steps=3", "--set", "train.max_steps=62"])
     assert code == 0, capsys.readouterr().err
 
@@ -284,3 +293,51 @@ def test_status_shows_checkpoints_and_metrics(reference: Path, capsys) -> None:
     assert "status: finished" in out
     assert "step_00000060" in out and "sound" in out
     assert "last train:" in out and "last eval:" in out
+
+
+def test_changed_training_data_is_refused_on_resume(tmp_path: Path, capsys) -> None:
+    from slmtrain.data.stories import generate_stories
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n<|endoftext|>\n".join(generate_stories(60, seed=5)) + "\n<|endoftext|>\n")
+    recipe = tmp_path / "text.toml"
+    recipe.write_text(f"""
+[data]
+source = "text"
+train = "{corpus.as_posix()}"
+cache_dir = "{(tmp_path / 'cache').as_posix()}"
+[tokenizer]
+vocab_size = 300
+[model]
+n_layer = 1
+n_head = 2
+n_embd = 32
+seq_len = 32
+[train]
+batch_size = 4
+max_steps = 6
+[checkpoint]
+every_steps = 3
+[log]
+progress = false
+""")
+    run_dir = tmp_path / "run"
+    assert cli.main(["run", str(recipe), "--run-dir", str(run_dir)]) == 0
+    corpus.write_text("\n<|endoftext|>\n".join(generate_stories(60, seed=6)) + "\n<|endoftext|>\n")
+    tokenizer_before = (run_dir / "tokenizer.json").read_bytes()
+    capsys.readouterr()
+    assert cli.main(["resume", str(run_dir), "--set", "train.max_steps=9"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and ("tokenizer" in err or "data changed" in err)
+    assert (run_dir / "tokenizer.json").read_bytes() == tokenizer_before
+    assert read_json(run_dir / "run.json")["status"] == "finished"
+
+
+def test_a_run_that_failed_before_any_checkpoint_can_be_started_again(cache: Path, tmp_path: Path, capsys) -> None:
+    recipe = _recipe(tmp_path, cache)
+    missing = tmp_path / "missing.txt"
+    args = ["run", str(recipe), "--run-dir", str(tmp_path / "run")]
+    assert cli.main([*args, "--set", "data.source='text'", "--set", f"data.train='{missing.as_posix()}'"]) == 2
+    assert read_json(tmp_path / "run" / "run.json")["status"] == "failed"
+    assert cli.main([*args, "--set", "train.max_steps=3"]) == 0
+    assert [a["exit_code"] for a in read_json(tmp_path / "run" / "run.json")["attempts"]] == [2, 0]

@@ -45,6 +45,7 @@ n_layer = 2
 n_head = 2
 n_embd = 64
 seq_len = 64
+dropout = 0.1
 [schedule]
 warmup_steps = 5
 [train]

@@ -240,9 +240,13 @@ def _reusable_meta(final: Path, fingerprints: dict[str, str], log: Callable[[str
 
 def _build(cfg: Config, final: Path, fingerprints: dict[str, str], tok: Tokenizer | None,
            stop: Callable[[], bool], log: Callable[[str], None]) -> dict[str, Any]:
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f"{final.name}.tmp-{secrets.token_hex(4)}")
-    tmp.mkdir()
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise DataError(f"cannot create the data cache in {final.parent} ({e.strerror}): set data.cache_dir "
+                        f"to a writable directory") from None
     try:
         docs = {s: load_documents(cfg.data, s) for s in SPLITS}
         if tok is None:

@@ -158,9 +158,12 @@ class WindowLoader(StatefulDataLoader):
         with warnings.catch_warnings():
             # torchdata 0.11 calls torch.set_vital, deprecated in recent torch (seen with 2.13): noise for users.
             warnings.filterwarnings("ignore", message=".*set_vital.*is deprecated")
+            # Its own generator: starting an iterator must not draw from the global torch RNG, or dropout
+            # masks after a resume would be one draw off those of an uninterrupted run.
             super().__init__(dataset, batch_size=None, sampler=sampler, num_workers=num_workers,
                              pin_memory=pin_memory, persistent_workers=False,
-                             prefetch_factor=2 if num_workers else None)
+                             prefetch_factor=2 if num_workers else None,
+                             generator=torch.Generator().manual_seed(sampler.seed))
         self._cursor = sampler
         self._delivered = sampler.position
 
