@@ -106,7 +106,8 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 def test_sigterm_saves_exits_75_and_resume_is_exact(reference: Path, cache: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = _popen("run", str(_recipe(tmp_path, cache)), "--run-dir", str(run_dir))
+    # Two loader workers prefetching here, none in the reference: the cursor does not depend on them.
+    proc = _popen("run", str(_recipe(tmp_path, cache)), "--run-dir", str(run_dir), "--set", "data.loader_workers=2")
     _wait_for_step(run_dir, 12, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -341,3 +342,20 @@ def test_a_run_that_failed_before_any_checkpoint_can_be_started_again(cache: Pat
     assert read_json(tmp_path / "run" / "run.json")["status"] == "failed"
     assert cli.main([*args, "--set", "train.max_steps=3"]) == 0
     assert [a["exit_code"] for a in read_json(tmp_path / "run" / "run.json")["attempts"]] == [2, 0]
+
+
+def test_sigusr1_during_data_preparation_exits_75_without_a_partial_cache(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, tmp_path / "cache")
+    run_dir = tmp_path / "run"
+    proc = _popen("run", str(recipe), "--run-dir", str(run_dir), "--set", "data.builtin_train_stories=60000",
+                  "--set", "tokenizer.train_documents=2000")
+    deadline = time.monotonic() + 60
+    while not (run_dir / "run.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 75, err
+    assert "during data preparation" in err
+    status = read_json(run_dir / "run.json")
+    assert status["status"] == "preempted" and "SIGUSR1" in status["attempts"][-1]["reason"]
+    assert not list((tmp_path / "cache").glob("*.tmp-*"))  # nothing half-built is left to be trusted

@@ -54,3 +54,14 @@ def test_divergence_skips_updates_then_fails(tmp_path: Path, cache: Path, capsys
     skipped = events(tmp_path / "run", "skipped_step")
     assert len(skipped) == 3 and [e["consecutive"] for e in skipped] == [1, 2, 3]
     assert read_json(tmp_path / "run" / "run.json")["status"] == "failed"
+
+
+def test_time_based_checkpoints_and_the_grace_warning(tmp_path: Path, cache: Path) -> None:
+    # Every save is due after 6 ms, and no step plus save fits in a zero grace period.
+    assert _run(tmp_path, cache, "train.max_steps=8", "checkpoint.every_steps=0", "checkpoint.every_minutes=0.0001",
+                "checkpoint.grace_seconds=0.0", "checkpoint.keep_last=2", "eval.every_steps=0") == 0
+    saves = events(tmp_path / "run", "save")
+    assert [s["step"] for s in saves] == list(range(1, 9))
+    assert len(events(tmp_path / "run", "grace_warning")) == 1
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert kept[-1] == "step_00000008" and len(kept) <= 3  # keep_last 2, plus the best by validation loss
