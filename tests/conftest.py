@@ -26,3 +26,9 @@ def shared_data() -> Path:
         pytest.skip(f"shared data directory {path} is absent; set SLMTRAIN_SHARED_DATA to the directory "
                     f"holding tinystories/ and gpt2/")
     return path
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data cache shared by the tests that train: each corpus is tokenized once per test process."""
+    return tmp_path_factory.mktemp("data-cache")

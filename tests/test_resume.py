@@ -67,11 +67,6 @@ def _recipe(tmp: Path, cache: Path, name: str = "r.toml") -> Path:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
     tmp = tmp_path_factory.mktemp("ref")
     assert cli.main(["run", str(_recipe(tmp, cache)), "--run-dir", str(tmp / "run")]) == 0

@@ -20,11 +20,6 @@ from slmtrain.model import GPT
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data-cache")
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
     tmp = tmp_path_factory.mktemp("run")
     recipe = write_recipe(tmp, cache)
