@@ -72,9 +72,10 @@ def source_fingerprint(cfg: DataConfig, split: str) -> str:
     if split == "train":
         parts["max_documents"] = cfg.max_documents
     if cfg.source == "builtin":
-        from slmtrain.data import stories
+        from slmtrain.data import stories, story_text
 
-        parts["generator"] = hashlib.sha256(Path(stories.__file__).read_bytes()).hexdigest()
+        parts["generator"] = hashlib.sha256(b"".join(Path(m.__file__).read_bytes()
+                                                     for m in (stories, story_text))).hexdigest()
         parts["count"], parts["seed"] = _builtin_count_seed(cfg, split)
     elif cfg.source.startswith("hf:"):
         parts["text_key"] = cfg.text_key
