@@ -131,11 +131,10 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path: Path, cache: Pa
     overrides = ["checkpoint.every_steps=2"] + (["checkpoint.async_save=true"] if async_save else [])
     log = tmp_path / "chaos.txt"
     with open(log, "w") as out:
-        ok = run_experiment(recipe, tmp_path, kills=5, overrides=overrides, seed=3 + async_save,
-                            max_delay=5.0, out=out)
+        ok = run_experiment(recipe, tmp_path, kills=5, overrides=overrides, seed=3 + async_save, out=out)
     report = log.read_text()
     assert ok, report
-    assert report.count(" -9") == 5, report
+    assert "kills: 5 " in report, report
 
 
 def _prepare_two_checkpoints(reference: Path, tmp_path: Path) -> tuple[Path, Path, Path]:

@@ -93,55 +93,84 @@ def _saving_now(run_dir: Path) -> bool:
     return root.is_dir() and any(".tmp-" in p.name for p in root.iterdir())
 
 
+def _newest_committed(run_dir: Path) -> int | None:
+    return max((c.step for c in list_checkpoints(run_dir / "checkpoints") if c.committed), default=None)
+
+
+def _wait_for_kill_moment(proc: subprocess.Popen, run_dir: Path, rng: random.Random, max_steps: int,
+                          started: float) -> str | None:
+    """Sleep until a random moment of this attempt; None if the process ended first.
+
+    One kill in five lands at a random time during start-up (imports, data, restore); the others at a
+    random offset after a random step this attempt reaches, so kills fall inside steps and saves alike.
+    """
+    if rng.random() < 0.2:
+        delay = rng.uniform(0.1, 2.5)
+        try:
+            proc.wait(timeout=delay)
+            return None
+        except subprocess.TimeoutExpired:
+            return f"start+{delay:.2f}s"
+    base = _newest_committed(run_dir) or 0
+    target = rng.randint(base + 1, max_steps - 1) if base + 1 < max_steps else max_steps
+    while proc.poll() is None:
+        fresh = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")
+                 if r.get("kind") == "train" and r.get("time", 0) >= started]
+        if fresh and max(fresh) >= target:
+            offset = rng.uniform(0.0, 0.15)
+            try:
+                proc.wait(timeout=offset)
+                return None
+            except subprocess.TimeoutExpired:
+                return f"step {target}+{offset:.2f}s"
+        time.sleep(0.005)
+    return None
+
+
 def run_experiment(recipe: Path, workdir: Path, kills: int, overrides: list[str], seed: int,
-                   max_delay: float, out=sys.stdout) -> bool:
+                   out=sys.stdout) -> bool:
+    from slmtrain import config
+
     sets = [a for o in overrides for a in ("--set", o)]
+    max_steps = config.load(recipe, overrides).train.max_steps
     ref_dir, chaos_dir = workdir / "reference", workdir / "chaos"
     t0 = time.monotonic()
     subprocess.run(_cmd("run", str(recipe), "--run-dir", str(ref_dir), *sets), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ref_seconds = time.monotonic() - t0
+    print(f"reference run: {time.monotonic() - t0:.1f}s, {max_steps} steps", file=out)
+    print(f"{'kill':>4} {'moment':>16} {'saving':>6} {'newest_sound':>12}", file=out)
     rng = random.Random(seed)
-    print(f"reference run: {ref_seconds:.1f}s", file=out)
-    print(f"{'kill':>4} {'after_s':>7} {'saving':>6} {'resumed_from':>14} {'exit':>4}", file=out)
-    ok = True
-    done = 0
-    attempt = 0
+    ok, done, attempt = True, 0, 0
+    log_path = workdir / "chaos-attempts.log"
     while True:
         first = not (chaos_dir / "run.json").exists()  # killed before the run directory was set up
         args = _cmd("run", str(recipe), "--run-dir", str(chaos_dir), *sets) if first else \
             _cmd("resume", str(chaos_dir), *sets)
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         attempt += 1
-        if done < kills:
-            delay = rng.uniform(0.5, max_delay)
-            try:
-                proc.wait(timeout=delay)
-            except subprocess.TimeoutExpired:
+        with open(log_path, "w") as log:  # a file, not a pipe: a full pipe would stall the child
+            started = time.time()
+            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
+            moment = _wait_for_kill_moment(proc, chaos_dir, rng, max_steps, started) if done < kills else None
+            if moment is not None:
                 saving = _saving_now(chaos_dir)
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
                 done += 1
-                ckpts = list_checkpoints(chaos_dir / "checkpoints")
-                newest = max((c.step for c in ckpts if c.committed), default=None)
-                print(f"{done:>4} {delay:>7.2f} {'yes' if saving else 'no':>6} {str(newest):>14} {'-9':>4}", file=out)
+                print(f"{done:>4} {moment:>16} {'yes' if saving else 'no':>6} "
+                      f"{str(_newest_committed(chaos_dir)):>12}", file=out)
                 continue
-            err = proc.stderr.read() if proc.stderr else ""
-        else:
-            err = proc.communicate()[1]
+            proc.wait()
+        err = log_path.read_text()
         if proc.returncode != 0:
             print(f"attempt {attempt} exited {proc.returncode}:\n{err[-2000:]}", file=out)
             ok = False
-            break
-        if "sha256 mismatch" in err or "Traceback" in err:
-            print(f"attempt {attempt} reported:\n{err[-2000:]}", file=out)
         break
     if ok:
         ref, got = final_weights(ref_dir), final_weights(chaos_dir)
         same = ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
         same_losses = train_losses(ref_dir) == train_losses(chaos_dir)
         print(f"kills: {done}  attempts: {attempt}  final weights equal: {same}  losses equal: {same_losses}", file=out)
-        ok = same and same_losses
+        ok = same and same_losses and done == kills
     print("PASS" if ok else "FAIL", file=out)
     return ok
 
@@ -153,7 +182,6 @@ def main() -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--async-save", action="store_true", help="use the background checkpoint writer")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-delay", type=float, default=6.0, help="longest wait before a kill, seconds")
     p.add_argument("--keep", help="keep the run directories here instead of a temporary directory")
     args = p.parse_args()
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="slmtrain-chaos-"))
@@ -161,9 +189,11 @@ def main() -> int:
     recipe = Path(args.recipe) if args.recipe else workdir / "chaos.toml"
     if not args.recipe:
         recipe.write_text(CHAOS_RECIPE.format(cache=(workdir / "cache").as_posix()))
-    overrides = args.overrides + (["checkpoint.async_save=true"] if args.async_save else [])
+    # The built-in run is long enough that every kill lands before it finishes.
+    length = [] if args.recipe else [f"train.max_steps={max(60, 8 * args.kills)}"]
+    overrides = length + args.overrides + (["checkpoint.async_save=true"] if args.async_save else [])
     try:
-        return 0 if run_experiment(recipe, workdir, args.kills, overrides, args.seed, args.max_delay) else 1
+        return 0 if run_experiment(recipe, workdir, args.kills, overrides, args.seed) else 1
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
