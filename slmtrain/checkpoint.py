@@ -34,15 +34,15 @@ from torch.distributed.checkpoint.api import CheckpointException
 from slmtrain import fsio
 from slmtrain.errors import CheckpointError
 from slmtrain.manifest import (
-    _RANK_RE,
-    _RESERVED_META,
-    _TMP_RE,
+    RANK_RE,
+    RESERVED_META,
+    TMP_RE,
     CKPT_SCHEMA,
     LATEST_FILE,
     META_FILE,
     MODEL_DIR,
-    _load_meta,
-    _parse_step,
+    load_meta,
+    parse_step,
     meta_digest,
     rank_file_name,
     step_dir_name,
@@ -78,7 +78,7 @@ def save_checkpoint(root: Path, step: int, app_state: dict[str, Any], rank_state
             effort; a crash leaves it for `cleanup_tmp`); earlier checkpoints and `latest` are untouched.
     """
     root = Path(root)
-    if clash := sorted(_RESERVED_META & meta.keys()):
+    if clash := sorted(RESERVED_META & meta.keys()):
         raise ValueError(f"checkpoint meta keys {clash} are reserved for the checkpoint format")
     if MODEL_DIR not in app_state:
         raise ValueError(f"app_state must hold {MODEL_DIR!r}, got keys {sorted(app_state)}")
@@ -134,7 +134,7 @@ def _write_synced(path: Path, write: Callable[[BinaryIO], Any]) -> None:
 def _check_extra_name(rel: str, app_state: dict[str, Any]) -> None:
     p = PurePosixPath(rel)
     plain = bool(rel) and p.as_posix() == rel and not p.is_absolute() and ".." not in p.parts
-    if not plain or rel == META_FILE or p.parts[0] in app_state or _RANK_RE.fullmatch(rel):
+    if not plain or rel == META_FILE or p.parts[0] in app_state or RANK_RE.fullmatch(rel):
         raise ValueError(f"extra checkpoint file {rel!r} must be a plain relative path other than "
                          f"{META_FILE}, the state directories {sorted(app_state)} and rank_NNNNN.pt")
 
@@ -204,7 +204,7 @@ def _fsync_and_hash(tmp: Path) -> dict[str, dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------ load
 def read_meta(path: Path) -> dict[str, Any]:
     """meta.json of a checkpoint. Raises CheckpointError if missing, unparsable or of another schema."""
-    meta, problem = _load_meta(Path(path))
+    meta, problem = load_meta(Path(path))
     if meta is None:
         raise CheckpointError(f"{path}: {problem}")
     return meta
@@ -255,17 +255,18 @@ class CheckpointInfo:
     meta: dict[str, Any] | None
 
 
-def _step_dirs(root: Path) -> list[tuple[int, Path]]:
-    found = [(_parse_step(c.name), c) for c in root.iterdir() if c.is_dir()] if root.is_dir() else []
+def step_dirs(root: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every `step_N` directory under `root` (sound or not), oldest first."""
+    found = [(parse_step(c.name), c) for c in root.iterdir() if c.is_dir()] if root.is_dir() else []
     return sorted((s, c) for s, c in found if s is not None)
 
 
 def list_checkpoints(root: Path) -> list[CheckpointInfo]:
     """Every `step_N` directory under `root` (tmp and moved-aside ones excluded), verified, sorted by step."""
     out = []
-    for step, d in _step_dirs(Path(root)):
+    for step, d in step_dirs(Path(root)):
         problems = verify_manifest(d)
-        out.append(CheckpointInfo(d, step, not problems, problems, _load_meta(d)[0]))
+        out.append(CheckpointInfo(d, step, not problems, problems, load_meta(d)[0]))
     return out
 
 
@@ -274,7 +275,7 @@ def _read_latest(root: Path, log: Callable[[str], None]) -> str | None:
     f = root / LATEST_FILE
     try:
         name = f.read_bytes().decode("utf-8").strip()
-        why = (f"holds {name!r:.60}, not a checkpoint name" if _parse_step(name) is None
+        why = (f"holds {name!r:.60}, not a checkpoint name" if parse_step(name) is None
                else "" if (root / name).is_dir() else f"names {name}, which does not exist")
     except FileNotFoundError:
         why = "is missing"
@@ -298,7 +299,7 @@ def find_resume(root: Path, log: Callable[[str], None]) -> Path | None:
         return None
     named = _read_latest(root, log)
     chosen = None
-    for _step, d in reversed(_step_dirs(root)):
+    for _step, d in reversed(step_dirs(root)):
         if not (problems := verify_manifest(d)):
             chosen = d
             break
@@ -315,7 +316,7 @@ def cleanup_tmp(root: Path) -> list[str]:
     Only while no save is in flight (at start-up, under the run lock): an in-flight one looks the same.
     """
     root = Path(root)
-    found = sorted(c.name for c in root.iterdir() if _TMP_RE.fullmatch(c.name) and c.is_dir()) if root.is_dir() else []
+    found = sorted(c.name for c in root.iterdir() if TMP_RE.fullmatch(c.name) and c.is_dir()) if root.is_dir() else []
     for name in found:
         shutil.rmtree(root / name, ignore_errors=True)
     return found

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,15 +29,15 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from slmtrain import config as config_mod
+from slmtrain import checkpoint
 from slmtrain.checkpoint import find_resume, load_app_state
 from slmtrain.data.tokenizer import Tokenizer
 from slmtrain.errors import CheckpointError, DataError, UserError
-from slmtrain.manifest import LATEST_FILE, META_FILE, MODEL_DIR, verify_manifest
+from slmtrain.manifest import LATEST_FILE, META_FILE, MODEL_DIR, parse_step, verify_manifest
 from slmtrain.model import GPT
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
-_STEP_DIR = re.compile(r"step_\d{8,}")
 _MAX_METADATA_BYTES = 256 << 20
 # DCP keys of the weights are the model's state_dict keys under this prefix ({"model": state_dict}).
 MODEL_PREFIX = "model."
@@ -54,15 +53,13 @@ def one_line(text: object, limit: int) -> str:
 def is_checkpoint_dir(path: Path) -> bool:
     """True for a directory that looks like one checkpoint (sound or not): meta.json, config.json or model/."""
     path = Path(path)
-    return path.is_dir() and (bool(_STEP_DIR.fullmatch(path.name))
+    return path.is_dir() and (parse_step(path.name) is not None
                               or any((path / n).exists() for n in (META_FILE, CONFIG_FILE, MODEL_DIR)))
 
 
 def step_dirs(root: Path) -> list[Path]:
     """The `step_N` directories under `root`, oldest first (sound or not; tmp and moved-aside ones excluded)."""
-    root = Path(root)
-    found = [c for c in root.iterdir() if _STEP_DIR.fullmatch(c.name) and c.is_dir()] if root.is_dir() else []
-    return sorted(found, key=lambda c: int(c.name[5:]))
+    return [path for _step, path in checkpoint.step_dirs(Path(root))]
 
 
 def checkpoints_root(path: Path) -> Path | None:

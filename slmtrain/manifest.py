@@ -19,10 +19,10 @@ CKPT_SCHEMA = 1
 META_FILE = "meta.json"
 LATEST_FILE = "latest"
 MODEL_DIR = "model"  # the one DCP directory every checkpoint has (optimizer: "optim")
-_RESERVED_META = frozenset({"schema", "step", "files", "world_size", "created", "dcp", "meta_sha256"})
+RESERVED_META = frozenset({"schema", "step", "files", "world_size", "created", "dcp", "meta_sha256"})
 _STEP_RE = re.compile(r"step_(\d{8,})")
-_TMP_RE = re.compile(r"step_\d{8,}\.tmp-[0-9a-f]+")
-_RANK_RE = re.compile(r"rank_\d{5,}\.pt")
+TMP_RE = re.compile(r"step_\d{8,}\.tmp-[0-9a-f]+")
+RANK_RE = re.compile(r"rank_\d{5,}\.pt")
 
 
 def step_dir_name(step: int) -> str:
@@ -37,7 +37,7 @@ def rank_file_name(rank: int) -> str:
     return f"rank_{rank:05d}.pt"
 
 
-def _parse_step(name: str) -> int | None:
+def parse_step(name: str) -> int | None:
     """The step of a canonical checkpoint directory name; None for tmp, moved-aside and other names."""
     m = _STEP_RE.fullmatch(name)
     return int(m.group(1)) if m and step_dir_name(int(m.group(1))) == name else None
@@ -52,7 +52,7 @@ def verify_manifest(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_dir():
         return [f"{path}: not a directory"]
-    meta, problem = _load_meta(path)
+    meta, problem = load_meta(path)
     if meta is None:
         return [problem]
     problems = _meta_problems(path, meta)
@@ -66,7 +66,7 @@ def verify_manifest(path: Path) -> list[str]:
                        for rel in sorted(on_disk - files.keys() - {META_FILE})]
 
 
-def _load_meta(path: Path) -> tuple[dict[str, Any] | None, str]:
+def load_meta(path: Path) -> tuple[dict[str, Any] | None, str]:
     """(meta, "") or (None, the problem) for meta.json with a supported schema."""
     try:
         meta = orjson.loads((path / META_FILE).read_bytes())
@@ -90,7 +90,7 @@ def _meta_problems(path: Path, meta: dict[str, Any]) -> list[str]:
     files = meta.get("files") if isinstance(meta.get("files"), dict) else {}
     if type(step) is not int or step < 0:
         problems.append(f"meta.json: step {step!r:.40} is not a non-negative integer")
-    elif _parse_step(path.name) not in (None, step):
+    elif parse_step(path.name) not in (None, step):
         problems.append(f"meta.json: step {step} does not match the directory name {path.name}")
     dcp_dirs = meta.get("dcp")
     if not isinstance(dcp_dirs, list) or MODEL_DIR not in dcp_dirs:
