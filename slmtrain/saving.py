@@ -19,6 +19,7 @@ from slmtrain import dist, fsio, runinfo
 from slmtrain.asyncsave import AsyncSaver, snapshot
 from slmtrain.checkpoint import load_app_state, prune, read_meta, read_rank_state, save_checkpoint
 from slmtrain.errors import CheckpointError, SlmError, UserError
+from slmtrain.model import GPT
 from slmtrain.reference import REFERENCE_POSITIONS, compute_reference
 from slmtrain.state import load_model_optim_state, model_optim_state, rng_state, set_rng_state
 
@@ -98,14 +99,16 @@ class Saver:
         try:
             payload = self._package(reason)
             if self.background is not None and not wait:
+                # The only stall: copying the state. The reference outputs are computed in the background,
+                # from a model rebuilt on that copy, so they describe exactly the saved weights.
                 payload = {k: snapshot(v) if k in ("app", "rank") else v for k, v in payload.items()}
                 stall = time.monotonic() - started
                 self.pending_step = payload["step"]
-                self.background.submit(lambda: self._write(payload, started))
+                self.background.submit(lambda: self._write(self._with_reference(payload, None), started))
                 rm.metrics.write("event", event="save_submitted", step=rm.state["step"], reason=reason,
                                  stall_seconds=round(stall, 4))
                 return
-            self._write(payload, started)
+            self._write(self._with_reference(payload, rm.model), started)
         except Exception as e:  # noqa: BLE001
             self._failed(e, final=wait)
             return
@@ -127,11 +130,10 @@ class Saver:
         rm = self.rm
         st = rm.state
         tok = rm.tokenizer
-        prompts = [(p, tok.encode(p)) for p in self.cfg.reference_prompts]
         x, y = rm.val_batches[0]
         n = min(REFERENCE_POSITIONS, x.shape[1])
-        batch = torch.cat([x[:1, :n], y[:1, n - 1:n]], dim=1)
-        ref_meta, ref_tensors = compute_reference(rm.model, prompts, self.cfg.reference_tokens, batch)
+        reference_inputs = ([(p, tok.encode(p)) for p in self.cfg.reference_prompts],
+                            torch.cat([x[:1, :n], y[:1, n - 1:n]], dim=1))
         val_loss = getattr(rm, "last_val_loss", None) if rm.last_eval_step == st["step"] else None
         meta = {
             "reason": reason, "tokens": st["tokens"], "trainer": dict(st), "val_loss": val_loss,
@@ -139,15 +141,28 @@ class Saver:
             "scaler": rm.scaler.state_dict() if rm.scaler is not None else None,
             "tokenizer_fingerprint": tok.fingerprint, "params": rm.model.num_params(),
             "data_fingerprints": rm.prepared.meta["source_fingerprints"],
-            "reference": ref_meta,
         }
         files = {
             "config.json": fsio.dumps_json(checkpoint_config(rm.cfg, tok.fingerprint)),
             "tokenizer.json": tok.to_json().encode("utf-8"),
-            "reference.safetensors": safetensors.torch.save(ref_tensors),
         }
         return {"step": st["step"], "app": model_optim_state(rm.model, rm.optimizer),
-                "rank": {"rng": rng_state(), "loader": rm.loader.state_dict()}, "files": files, "meta": meta}
+                "rank": {"rng": rng_state(), "loader": rm.loader.state_dict()}, "files": files, "meta": meta,
+                "reference_inputs": reference_inputs}
+
+    def _with_reference(self, p: dict[str, Any], model: GPT | None) -> dict[str, Any]:
+        """Add the reference generations and log-probs of `model`, or of one rebuilt from the payload's copy."""
+        if model is None:
+            # Built on the meta device: a random init here would draw from the global RNG the training
+            # thread is using at the same moment, and resume would no longer be exact.
+            with torch.device("meta"):
+                model = GPT(self.rm.cfg.model)
+            model.load_state_dict(p["app"]["model"], strict=True, assign=True)
+        prompts, batch = p["reference_inputs"]
+        ref_meta, ref_tensors = compute_reference(model, prompts, self.cfg.reference_tokens, batch)
+        p["meta"]["reference"] = ref_meta
+        p["files"]["reference.safetensors"] = safetensors.torch.save(ref_tensors)
+        return p
 
     def _write(self, p: dict[str, Any], started: float) -> None:
         rm = self.rm

@@ -67,3 +67,21 @@ def test_compiled_model_trains_and_saves_plain_names(tmp_path: Path, cache: Path
                 "checkpoint.reference_tokens=2") == 0
     # verify matches the saved keys to a fresh, uncompiled model's exactly: no `_orig_mod.` prefixes.
     assert cli.main(["verify", str(tmp_path / "run")]) == 0
+
+
+def test_async_saves_verify_and_train_identically(tmp_path: Path, cache: Path) -> None:
+    sync_dir, async_dir = tmp_path / "sync", tmp_path / "async"
+    for d, mode in ((sync_dir, "false"), (async_dir, "true")):
+        recipe = write_recipe(tmp_path, cache, name=f"{d.name}.toml")
+        assert cli.main(["run", str(recipe), "--run-dir", str(d), "--set", "train.max_steps=12",
+                         "--set", "checkpoint.every_steps=4", "--set", f"checkpoint.async_save={mode}",
+                         "--set", "eval.every_steps=0", "--set", "checkpoint.keep_last=5"]) == 0
+    assert train_losses(sync_dir) == train_losses(async_dir)
+    assert [e["step"] for e in events(async_dir, "save_submitted")] == [4, 8]
+    # References computed in the background, from the copy, equal those of the live model.
+    for step in (4, 8, 12):
+        name = f"step_{step:08d}"
+        a = read_json(async_dir / "checkpoints" / name / "meta.json")["reference"]
+        b = read_json(sync_dir / "checkpoints" / name / "meta.json")["reference"]
+        assert a == b
+    assert cli.main(["verify", str(async_dir), "--all"]) == 0
