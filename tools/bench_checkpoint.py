@@ -25,8 +25,8 @@ from slmtrain.log import read_jsonl
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {
     "quickstart": [],
-    # ~20M parameters: 8 layers of width 384 over a 4k vocabulary.
-    "20M": ["model.n_layer=8", "model.n_embd=384", "model.n_head=6", "train.batch_size=4"],
+    # ~20M parameters: 8 layers of width 448 over the quickstart's 2k vocabulary.
+    "20M": ["model.n_layer=8", "model.n_embd=448", "model.n_head=7", "train.batch_size=4"],
 }
 
 

@@ -98,7 +98,7 @@ def _newest_committed(run_dir: Path) -> int | None:
 
 
 def _wait_for_kill_moment(proc: subprocess.Popen, run_dir: Path, rng: random.Random, max_steps: int,
-                          started: float) -> str | None:
+                          started: float, kills_left: int) -> str | None:
     """Sleep until a random moment of this attempt; None if the process ended first.
 
     One kill in five lands at a random time during start-up (imports, data, restore); the others at a
@@ -112,7 +112,9 @@ def _wait_for_kill_moment(proc: subprocess.Popen, run_dir: Path, rng: random.Ran
         except subprocess.TimeoutExpired:
             return f"start+{delay:.2f}s"
     base = _newest_committed(run_dir) or 0
-    target = rng.randint(base + 1, max_steps - 1) if base + 1 < max_steps else max_steps
+    # Spread the remaining kills over the remaining steps, so the run does not end before they all land.
+    reach = max(1, 2 * (max_steps - 1 - base) // (kills_left + 1))
+    target = min(base + rng.randint(1, reach), max_steps - 1)
     while proc.poll() is None:
         fresh = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")
                  if r.get("kind") == "train" and r.get("time", 0) >= started]
@@ -150,7 +152,8 @@ def run_experiment(recipe: Path, workdir: Path, kills: int, overrides: list[str]
         with open(log_path, "w") as log:  # a file, not a pipe: a full pipe would stall the child
             started = time.time()
             proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
-            moment = _wait_for_kill_moment(proc, chaos_dir, rng, max_steps, started) if done < kills else None
+            moment = _wait_for_kill_moment(proc, chaos_dir, rng, max_steps, started, kills - done) \
+                if done < kills else None
             if moment is not None:
                 saving = _saving_now(chaos_dir)
                 os.kill(proc.pid, signal.SIGKILL)
