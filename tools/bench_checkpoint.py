@@ -30,7 +30,7 @@ MODELS = {
 }
 
 
-def _run(args: list[str], run_dir: Path, sets: list[str], **kw) -> subprocess.Popen:
+def _run(args: list[str], sets: list[str], **kw) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "slmtrain", *args, *[a for s in sets for a in ("--set", s)]]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
 
@@ -54,7 +54,7 @@ def bench(name: str, extra: list[str], work: Path) -> None:
     for mode in ("sync", "async"):
         run_dir = work / f"{name}-{mode}"
         sets = base + (["checkpoint.async_save=true"] if mode == "async" else [])
-        proc = _run(["run", recipe, "--run-dir", str(run_dir)], run_dir, sets)
+        proc = _run(["run", recipe, "--run-dir", str(run_dir)], sets)
         _, err = proc.communicate()
         assert proc.returncode == 0, err
         saves = _events(run_dir, "save")
@@ -70,21 +70,22 @@ def bench(name: str, extra: list[str], work: Path) -> None:
               f"({100 * stall / step_s:5.1f}% of a step)")
     # Preemption: SIGTERM mid-run, then resume.
     run_dir = work / f"{name}-preempt"
-    proc = _run(["run", recipe, "--run-dir", str(run_dir)], run_dir, base + ["train.max_steps=100000"])
+    proc = _run(["run", recipe, "--run-dir", str(run_dir)], base + ["train.max_steps=100000"])
     while not any(r.get("kind") == "train" and r["step"] >= 3 for r in read_jsonl(run_dir / "metrics.jsonl")):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGTERM)
     proc.communicate()
+    preempted_exit = proc.returncode
     saved = _events(run_dir, "preempt_saved")[0]
     t0 = time.monotonic()
-    proc = _run(["resume", str(run_dir)], run_dir, ["train.max_steps=1"] and [])
+    proc = _run(["resume", str(run_dir)], [])
     while not _events(run_dir, "resume_ready"):
         time.sleep(0.02)
     wall = time.monotonic() - t0
     proc.send_signal(signal.SIGTERM)
     proc.communicate()
     ready = _events(run_dir, "resume_ready")[0]["seconds"]
-    print(f"{name:10s} SIGTERM -> durable checkpoint {saved['seconds']:.2f}s (exit {75}); resume -> first new step "
+    print(f"{name:10s} SIGTERM -> durable checkpoint {saved['seconds']:.2f}s (exit {preempted_exit}); resume -> first new step "
           f"{ready:.2f}s in-process, {wall:.2f}s including interpreter start")
 
 

@@ -4,9 +4,11 @@
     python tools/chaos.py --kills 50 --async-save          # background writer
     python tools/chaos.py --kills 20 --recipe my.toml --set train.max_steps=400
 
-Prints one row per kill (when, what the run was doing, which checkpoint the resume took) and a verdict:
-every resume must succeed, never load a torn checkpoint, and the final weights must equal the
-uninterrupted run's bit for bit. Exit 0 when they do, 1 otherwise.
+Prints one row per kill: the moment (a random time during start-up, or a random offset after a random
+step), whether a checkpoint directory was being written (`saving`: a `*.tmp-*` directory existed), and
+the newest sound checkpoint the next attempt resumes from. Then the verdict: every resume must succeed,
+never load a torn checkpoint, and the final weights and every logged loss must equal the uninterrupted
+run's bit for bit. Exit 0 when they do, 1 otherwise.
 """
 
 from __future__ import annotations
