@@ -68,13 +68,13 @@ def barrier() -> None:
         dist.barrier()
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when it is true on one: ranks must agree on when to stop and save."""
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest `value` of all ranks, on every rank: how ranks agree on when to stop and save."""
     if not dist.is_initialized():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return value
+    t = torch.tensor([value], device=device, dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return int(t.item())
 
 
 def all_mean(value: float, device: torch.device) -> float:

@@ -235,11 +235,12 @@ class RunManager:
             if t.max_tokens and st["tokens"] >= t.max_tokens:
                 break
             elapsed = step_start_seconds + time.monotonic() - loop_start
-            if t.max_minutes and elapsed >= t.max_minutes * 60:
-                stop_reason = "finished (max_minutes)"
-                break
-            if dist.any_rank(self.flag.is_set, self.device):
-                stop_reason = "preempted"
+            # Clocks and signals are per process: one collective makes every rank stop at the same step.
+            verdict = dist.max_over_ranks(2 if self.flag.is_set else int(bool(t.max_minutes)
+                                                                        and elapsed >= t.max_minutes * 60),
+                                          self.device)
+            if verdict:
+                stop_reason = "preempted" if verdict == 2 else "finished (max_minutes)"
                 break
             self.saver.poll()
             stats = train_step(model, batches, self.optimizer, self.scheduler, grad_accum=t.grad_accum,

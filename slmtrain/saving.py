@@ -63,7 +63,7 @@ class Saver:
         by_steps = bool(self.cfg.every_steps) and step % self.cfg.every_steps == 0
         by_time = bool(self.cfg.every_minutes) and time.monotonic() - self.last_time >= self.cfg.every_minutes * 60
         # Ranks must agree: a wall-clock trigger can fire on one rank and not another.
-        if by_steps or dist.any_rank(by_time, self.rm.device):
+        if by_steps or (self.cfg.every_minutes and dist.max_over_ranks(int(by_time), self.rm.device)):
             self.save(reason="periodic")
 
     def warn_if_over_grace(self, step_seconds: float) -> None:

@@ -14,8 +14,9 @@ import pytest
 import torch
 from helpers import events, run_cli, slmtrain_cmd, train_losses, val_losses, write_recipe
 
-from slmtrain import cli
+from slmtrain import cli, config
 from slmtrain.checkpoint import list_checkpoints
+from slmtrain.data.prepare import prepare_data
 from slmtrain.fsio import read_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +120,9 @@ def test_sigterm_saves_exits_75_and_resume_is_exact(reference: Path, cache: Path
     assert proc.returncode == 0, proc.stderr
     assert f"resuming from step_{stopped_at:08d}" in proc.stderr
     _assert_same_run(reference, run_dir)
-    tokens_per_pass = read_json(next((cache).rglob("meta.json")))["splits"]["train"]["tokens"]
+    prepared = prepare_data(config.load(run_dir / "recipe.toml"), log=lambda _m: None)
+    assert prepared.reused
+    tokens_per_pass = prepared.meta["splits"]["train"]["tokens"]
     assert read_json(run_dir / "run.json")["status"] == "finished"
     # The run covered several passes over this small corpus, across the resume.
     assert 60 * 4 * 2 * 32 > 2 * tokens_per_pass
