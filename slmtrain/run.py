@@ -171,6 +171,8 @@ class RunManager:
             fsio.atomic_write_text(self.run_dir / "recipe.toml", config_mod.to_toml(cfg))
         seed_everything(cfg.run.seed)
         self.model = GPT(cfg.model).to(self.device)
+        # FSDP2 replaces the parameters with sharded ones in place: wrap before the optimizer sees them.
+        self.parallel_model = dist.wrap_model(self.model, self.info, self.device, cfg.parallel.strategy)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)
         t = cfg.train
         self.tokens_per_step = t.batch_size * t.grad_accum * cfg.model.seq_len * info.world_size
@@ -192,10 +194,7 @@ class RunManager:
             t.grad_accum, cfg.data.loader_workers, pin_memory=self.device.type == "cuda", start_step=start_step)
 
     def _wrap(self) -> torch.nn.Module:
-        model = dist.wrap_model(self.model, self.info, self.device, self.cfg.parallel.strategy)
-        if self.cfg.run.compile:
-            model = torch.compile(model)
-        return model
+        return torch.compile(self.parallel_model) if self.cfg.run.compile else self.parallel_model
 
     # ----------------------------------------------------------------------------------------- loop
     def _train(self) -> int:
