@@ -18,7 +18,7 @@ from slmtrain.checkpoint import cleanup_tmp, find_resume, list_checkpoints
 from slmtrain.config import Config
 from slmtrain.data.prepare import PrepareInterrupted, prepare_data
 from slmtrain.data.stream import build_train_loader, eval_batches
-from slmtrain.errors import CheckpointError, SlmError, UserError
+from slmtrain.errors import CheckpointError, RunLockedError, SlmError, UserError
 from slmtrain.generate import generate
 from slmtrain.lock import RunLock
 from slmtrain.log import Console, MetricsWriter, fmt_count, fmt_duration, read_jsonl
@@ -75,8 +75,16 @@ class RunManager:
             raise UserError(f"cannot create the run directory {self.run_dir} ({e.strerror}): choose a writable "
                             f"place with --run-dir or run.out_dir") from None
         lock = RunLock(self.run_dir) if self.info.is_main else None
+        locked_out: RunLockedError | None = None
         if lock is not None:
-            lock.acquire()
+            try:
+                lock.acquire()
+            except RunLockedError as e:
+                locked_out = e
+        # Every rank learns whether rank 0 got the lock, so none trains on a directory another run owns.
+        if dist.max_over_ranks(int(locked_out is not None), self.device):
+            dist.shutdown()
+            raise locked_out or RunLockedError(f"rank 0 could not lock {self.run_dir}: see its message")
         poller = None
         self.saver: Saver | None = None
         try:
