@@ -250,15 +250,6 @@ def load_tokenizer(ckpt: Path) -> Tokenizer:
         raise CheckpointError(str(e)) from None
 
 
-def pick_device(name: str) -> torch.device:
-    """"auto": CUDA, else MPS, else CPU; any other name as given."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    return torch.device(name)
-
-
 def load_model(ckpt: str | Path, device: str | torch.device = "cpu",
                check_files: bool = True) -> tuple[GPT, config_mod.Config, Tokenizer]:
     """The model (fp32, eval mode, on `device`), recipe and tokenizer of one checkpoint.

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from slmtrain.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -22,6 +24,21 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+
+def pick_device(name: str, info: DistInfo | None = None) -> torch.device:
+    """auto: CUDA, else MPS, else CPU; an explicit device that is not there is a UserError."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("device 'cuda' was asked for but no CUDA device is visible: use 'auto' or 'cpu' "
+                            "(run.device in a recipe, --device on the command line)")
+        return torch.device("cuda", info.local_rank if info else 0)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' was asked for but MPS is not available: use 'auto' or 'cpu' "
+                        "(run.device in a recipe, --device on the command line)")
+    return torch.device(name)
 
 
 def from_env() -> DistInfo:

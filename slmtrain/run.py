@@ -34,18 +34,6 @@ class TrainingDiverged(SlmError):
     """Too many consecutive non-finite steps."""
 
 
-def pick_device(name: str, info: dist.DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("run.device = 'cuda' but no CUDA device is visible: use run.device = 'auto' or 'cpu'")
-        return torch.device("cuda", info.local_rank)
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("run.device = 'mps' but MPS is not available: use run.device = 'auto' or 'cpu'")
-    return torch.device(name)
-
-
 def resolve_run_dir(cfg: Config, run_dir: str | None) -> Path:
     return Path(run_dir).expanduser() if run_dir else Path(cfg.run.out_dir).expanduser() / cfg.run.name
 
@@ -65,7 +53,7 @@ class RunManager:
     # ----------------------------------------------------------------------------------------- entry
     def execute(self) -> int:
         """Run to completion or preemption; returns the process exit code (0, 75, 2, 1 or 130)."""
-        self.device = pick_device(self.cfg.run.device, self.info)
+        self.device = dist.pick_device(self.cfg.run.device, self.info)
         dist.init(self.info, self.device, self.cfg.parallel.backend)
         self._check_dir()
         dist.barrier()  # every rank has looked before rank 0 writes run.json

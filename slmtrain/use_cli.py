@@ -88,7 +88,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from slmtrain.ckptload import load_model, pick_device, resolve_checkpoint
+    from slmtrain.ckptload import load_model, resolve_checkpoint
+    from slmtrain.dist import pick_device
     from slmtrain.errors import UserError
     from slmtrain.generate import generate
 
@@ -146,7 +147,8 @@ def _stream_text(decode: Callable[[list[int]], str], prompt: list[int], stream: 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from slmtrain.checkpoint import read_meta
-    from slmtrain.ckptload import pick_device, resolve_checkpoint
+    from slmtrain.ckptload import resolve_checkpoint
+    from slmtrain.dist import pick_device
     from slmtrain.errors import UserError
     from slmtrain.evaluate import evaluate_checkpoint
 
