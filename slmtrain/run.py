@@ -6,6 +6,7 @@ Mechanism lives elsewhere (checkpoint.py writes, train.py steps); this module de
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,8 @@ class RunManager:
     def _build(self) -> None:
         cfg, info = self.cfg, self.info
         if cfg.run.deterministic:
+            # cuBLAS needs a fixed workspace to be deterministic; read when its first handle is created.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
         # Rank 0 builds the cache; the others wait, then reuse it instead of tokenizing the same data again.
         if info.is_main:
