@@ -194,6 +194,11 @@ RESUME_SAFE_KEYS = frozenset({
 })
 
 
+def embedding_rows(requested: int, tokenizer_size: int) -> int:
+    """model.vocab_size as resolved: as requested, or (0) the tokenizer's size rounded up to a multiple of 64."""
+    return requested or 64 * math.ceil(tokenizer_size / 64)
+
+
 def _type_name(t: Any) -> str:
     return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
             "list[str]": "a list of strings"}.get(str(t), str(t))

@@ -60,10 +60,6 @@ class KVCache:
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
-    def reset(self) -> None:
-        """Forget every position (the buffers are kept and overwritten later)."""
-        self.length = 0
-
 
 def rope_angles(head_dim: int, theta: float, start: int, length: int,
                 device: torch.device) -> tuple[Tensor, Tensor]:

@@ -160,7 +160,7 @@ class RunManager:
         if not info.is_main:
             self.prepared = prepare_data(cfg, stop=self.flag.check, log=lambda _m: None)
         tok = self.tokenizer = self.prepared.tokenizer
-        vocab = cfg.model.vocab_size or 64 * math.ceil(tok.vocab_size / 64)
+        vocab = config_mod.embedding_rows(cfg.model.vocab_size, tok.vocab_size)
         if vocab < tok.vocab_size:
             raise UserError(f"model.vocab_size = {vocab} is smaller than the tokenizer's {tok.vocab_size} tokens: "
                             f"set model.vocab_size = 0 (automatic) or at least {tok.vocab_size}")
@@ -200,10 +200,14 @@ class RunManager:
         started = time.monotonic()
         self._build()
         cfg, st = self.cfg, self.state
+        if self.resume:
+            resumed_from = self._restore()
+        # Opened after a resume has cut the lost attempt's tail from the files, never before.
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl", enabled=self.info.is_main)
         self.samples = MetricsWriter(self.run_dir / "samples.jsonl", enabled=self.info.is_main)
         if self.resume:
-            self._restore()
+            if resumed_from is not None:
+                self.metrics.write("event", event="resume", step=st["step"], checkpoint=resumed_from.name)
             if self.info.is_main:
                 self.tokenizer.save(self.run_dir / "tokenizer.json")
                 fsio.atomic_write_text(self.run_dir / "recipe.toml", config_mod.to_toml(cfg))
@@ -339,7 +343,8 @@ class RunManager:
                             eos_id=self.tokenizer.eos_id, generator=gen))
         return self.tokenizer.decode(ids + out)
 
-    def _restore(self) -> None:
+    def _restore(self) -> Path | None:
+        """Load the newest sound checkpoint, if any; returns it."""
         for name in cleanup_tmp(self.ckpt_root):
             self.console.info(f"removed {name}: an unfinished save from a crashed attempt")
         path = find_resume(self.ckpt_root, log=self.console.info)
@@ -349,27 +354,20 @@ class RunManager:
                                       f"was deleted. Inspect them with `slmtrain status {self.run_dir}`")
             self.console.info("no checkpoint yet: starting from step 0")
             self._truncate_metrics(0)
-            return
+            return None
         step = restore(self, path)
         self._truncate_metrics(step)
-        self.metrics.write("event", event="resume", step=step, checkpoint=path.name)
         self.console.info(f"resuming from {path.name} (step {step}, {fmt_count(self.state['tokens'])} tokens)")
+        return path
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop records past the checkpoint (the lost attempt's tail) so metrics.jsonl reads as one run."""
         if not self.info.is_main:
             return
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            path = self.run_dir / name
-            if not path.exists():
-                continue
-            self.metrics.close() if name == "metrics.jsonl" else self.samples.close()
-            kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-            fsio.atomic_write_bytes(path, b"".join(fsio.dumps_jsonl(r) for r in kept))
-            if name == "metrics.jsonl":
-                self.metrics = MetricsWriter(path)
-            else:
-                self.samples = MetricsWriter(path)
+        for path in (self.run_dir / "metrics.jsonl", self.run_dir / "samples.jsonl"):
+            if path.exists():
+                kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+                fsio.atomic_write_bytes(path, b"".join(fsio.dumps_jsonl(r) for r in kept))
 
     def _summary(self, wall: float) -> None:
         """Figures over the whole run (all attempts), read back from metrics.jsonl."""

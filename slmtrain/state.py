@@ -19,23 +19,17 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 
-def model_optim_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+def model_optim_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """{"model": ..., "optim": ...} ready for DCP; shares storage with the live objects."""
-    if optimizer is None:
-        return {"model": get_state_dict(model, [], options=StateDictOptions())[0]}
     msd, osd = get_state_dict(model, optimizer)
     return {"model": msd, "optim": osd}
 
 
-def load_model_optim_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+def load_model_optim_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                            state: dict[str, Any]) -> None:
     """Apply a state filled by DCP; strict, so a key mismatch raises instead of training on garbage."""
-    if optimizer is None:
-        set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={},
-                       options=StateDictOptions(strict=True))
-    else:
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                       options=StateDictOptions(strict=True))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=StateDictOptions(strict=True))
 
 
 def rng_state() -> dict[str, Any]:

@@ -11,7 +11,6 @@ fetching the batch from the DataLoader, the host sync for the loss and writing t
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 def bench_steps(recipe: Path, steps: int, warmup: int, cache: Path) -> dict[str, float]:
     cfg = config.load(recipe, [f"data.cache_dir='{cache.as_posix()}'"])
     prepared = prepare_data(cfg, log=lambda _m: None)
-    vocab = cfg.model.vocab_size or 64 * math.ceil(prepared.tokenizer.vocab_size / 64)
+    vocab = config.embedding_rows(cfg.model.vocab_size, prepared.tokenizer.vocab_size)
     cfg = cfg.replace("model", vocab_size=vocab)
     torch.manual_seed(cfg.run.seed)
     model = GPT(cfg.model)

@@ -99,6 +99,15 @@ def _newest_committed(run_dir: Path) -> int | None:
     return max((c.step for c in list_checkpoints(run_dir / "checkpoints") if c.committed), default=None)
 
 
+def _still_running_after(proc: subprocess.Popen, seconds: float, label: str) -> str | None:
+    """`label` if the process is still running after `seconds` (time to kill it), None if it ended."""
+    try:
+        proc.wait(timeout=seconds)
+        return None
+    except subprocess.TimeoutExpired:
+        return label
+
+
 def _wait_for_kill_moment(proc: subprocess.Popen, run_dir: Path, rng: random.Random, max_steps: int,
                           started: float, kills_left: int) -> str | None:
     """Sleep until a random moment of this attempt; None if the process ended first.
@@ -108,11 +117,7 @@ def _wait_for_kill_moment(proc: subprocess.Popen, run_dir: Path, rng: random.Ran
     """
     if rng.random() < 0.2:
         delay = rng.uniform(0.1, 2.5)
-        try:
-            proc.wait(timeout=delay)
-            return None
-        except subprocess.TimeoutExpired:
-            return f"start+{delay:.2f}s"
+        return _still_running_after(proc, delay, f"start+{delay:.2f}s")
     base = _newest_committed(run_dir) or 0
     # Spread the remaining kills over the remaining steps, so the run does not end before they all land.
     reach = max(1, 2 * (max_steps - 1 - base) // (kills_left + 1))
@@ -122,11 +127,7 @@ def _wait_for_kill_moment(proc: subprocess.Popen, run_dir: Path, rng: random.Ran
                  if r.get("kind") == "train" and r.get("time", 0) >= started]
         if fresh and max(fresh) >= target:
             offset = rng.uniform(0.0, 0.15)
-            try:
-                proc.wait(timeout=offset)
-                return None
-            except subprocess.TimeoutExpired:
-                return f"step {target}+{offset:.2f}s"
+            return _still_running_after(proc, offset, f"step {target}+{offset:.2f}s")
         time.sleep(0.005)
     return None
 
