@@ -83,17 +83,34 @@ class ModelConfig:
     norm_eps: float = _f(1e-5, "Epsilon of LayerNorm / RMSNorm.", lo=0.0, hi=1.0)
     init_std: float = _f(0.02, "Std of the normal init; residual projections are scaled by 1/sqrt(2*n_layer).",
                          lo=0.0, hi=1.0)
+    qk_norm: bool = _f(False, "RMSNorm over each head's queries and keys before attention (llama: Qwen3's layout).")
+    relu2: bool = _f(False, "ReLU squared in the MLP in place of GELU (gpt2) or SiLU in the gate (llama).")
+    zero_init: bool = _f(False, "Zero-initialise the residual projections (attention and MLP c_proj) and an untied head.")
+    logit_softcap: float = _f(0.0, "Soft-cap the logits at this value, cap * tanh(logits / cap) (0: off).", lo=0.0)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = _f(1e-3, "Peak learning rate.", lo=0.0, hi=10.0)
+    name: str = _f("adamw", "adamw: AdamW for every parameter. muon: Muon for the hidden matrices, AdamW for the rest.",
+                   choices=("adamw", "muon"))
+    lr: float = _f(1e-3, "Peak learning rate of AdamW (with muon: of norms, biases and the groups below left at 0).",
+                   lo=0.0, hi=10.0)
+    embed_lr: float = _f(0.0, "Peak learning rate of the token and position embeddings (0: optim.lr).", lo=0.0, hi=10.0)
+    head_lr: float = _f(0.0, "Peak learning rate of an untied output head (0: optim.lr).", lo=0.0, hi=10.0)
     weight_decay: float = _f(0.1, "AdamW decay, applied to matrices only.", lo=0.0, hi=10.0)
     beta1: float = _f(0.9, "AdamW beta1.", lo=0.0, hi=0.999999)
     beta2: float = _f(0.95, "AdamW beta2.", lo=0.0, hi=0.999999)
     eps: float = _f(1e-8, "AdamW epsilon.", lo=0.0, hi=1.0)
     grad_clip: float = _f(1.0, "Clip the global grad norm to this (0: off).", lo=0.0)
     fused: str = _f("auto", "Fused AdamW kernel: auto (on CUDA), on, off.", choices=("auto", "on", "off"))
+    muon_lr: float = _f(0.02, "Peak learning rate of Muon (hidden matrices; scaled by sqrt(max(1, rows/cols))).",
+                        lo=0.0, hi=10.0)
+    muon_momentum: float = _f(0.95, "Muon momentum after its warmup (Nesterov).", lo=0.0, hi=0.999999)
+    muon_momentum_start: float = _f(0.85, "Muon momentum at step 0, raised linearly to muon_momentum.",
+                                    lo=0.0, hi=0.999999)
+    muon_momentum_warmup: int = _f(300, "Steps over which Muon's momentum rises from muon_momentum_start.", lo=0)
+    muon_weight_decay: float = _f(0.0, "Decoupled weight decay of the Muon matrices.", lo=0.0, hi=10.0)
+    muon_ns_steps: int = _f(5, "Newton-Schulz iterations that orthogonalise each Muon update.", lo=1, hi=99)
 
 
 @dataclass(frozen=True)
@@ -110,7 +127,12 @@ class TrainConfig:
     grad_accum: int = _f(1, "Micro-batches per optimizer step.", lo=1)
     max_steps: int = _f(1000, "Optimizer steps; also the schedule's length (0: derive from max_tokens).", lo=0)
     max_tokens: int = _f(0, "Stop after this many training tokens (0: no limit).", lo=0)
-    max_minutes: float = _f(0.0, "Stop after this many minutes of training (0: no limit).", lo=0.0)
+    max_minutes: float = _f(0.0, "Time budget in minutes: the step count is fitted so the schedule ends inside it "
+                                 "(0: no budget).", lo=0.0)
+    budget_overrun: float = _f(0.015, "Share of the budget a run may exceed (e.g. the machine slowed down) before "
+                               "it stops short of its fitted step count.", lo=0.0, hi=10.0)
+    budget_probe_steps: int = _f(10, "Steps timed at the start of a budgeted run before its step count is fixed.",
+                                 lo=2, hi=10000)
     skip_nonfinite: int = _f(5, "Consecutive non-finite steps tolerated (skipped) before the run fails.", lo=0)
 
 
@@ -184,7 +206,8 @@ SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Config)} 
 # or how a run reports and saves, never the numbers it computes.
 RESUME_SAFE_KEYS = frozenset({
     "run.name", "run.out_dir", "data.loader_workers", "data.prepare_workers", "data.cache_dir",
-    "train.max_steps", "train.max_tokens", "train.max_minutes", "train.skip_nonfinite",
+    "train.max_steps", "train.max_tokens", "train.max_minutes", "train.budget_probe_steps", "train.budget_overrun",
+    "train.skip_nonfinite",
     "log.every_steps", "log.progress",
     "eval.every_steps", "eval.batches", "eval.samples", "eval.sample_tokens", "eval.prompts",
     "eval.temperature", "eval.top_k",
@@ -288,8 +311,18 @@ def _cross_checks(cfg: Config) -> list[str]:
         p.append(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
     elif m.flavour == "llama" and (m.n_embd // m.n_head) % 2:
         p.append(f"model.n_embd / model.n_head ({m.n_embd // m.n_head}) must be even for RoPE (llama flavour)")
-    if t.max_steps == 0 and t.max_tokens == 0:
-        p.append("train.max_steps and train.max_tokens are both 0: set one so the schedule knows its length")
+    if t.max_steps == 0 and t.max_tokens == 0 and t.max_minutes == 0:
+        p.append("train.max_steps, train.max_tokens and train.max_minutes are all 0: set one so the schedule knows "
+                 "its length")
+    s = cfg.schedule
+    if t.max_minutes and s.kind != "constant" and s.warmup_steps <= t.budget_probe_steps:
+        # The step count is fixed after the probe; only warmup LRs do not depend on it, so a run given that
+        # count as max_steps takes exactly the same steps.
+        p.append(f"train.max_minutes needs schedule.warmup_steps ({s.warmup_steps}) above train.budget_probe_steps "
+                 f"({t.budget_probe_steps}): the step time is measured during warmup, before the step count is fixed")
+    if cfg.optim.name == "muon" and cfg.parallel.strategy == "fsdp":
+        p.append("optim.name = 'muon' does not run under parallel.strategy = 'fsdp' (Muon orthogonalises whole "
+                 "matrices, FSDP2 shards them): use parallel.strategy = 'ddp' or optim.name = 'adamw'")
     if d.source in ("text", "jsonl", "parquet") and not d.train:
         p.append(f"data.train is empty: data.source = {d.source!r} needs a training file")
     if d.source not in ("builtin", "text", "jsonl", "parquet") and not d.source.startswith("hf:"):

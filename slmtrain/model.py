@@ -90,12 +90,17 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=bias)  # rows: q | k | v
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
+        # One gain per head dimension shared by all heads, as Qwen3's q_norm / k_norm.
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = 0 if cache is None else cache.length
@@ -116,11 +121,16 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GELU MLP (gpt2) or SwiGLU (llama); `c_fc` holds [gate | up] rows for SwiGLU."""
+    """GELU MLP (gpt2) or SwiGLU (llama); `c_fc` holds [gate | up] rows for SwiGLU.
+
+    `relu2` swaps the activation (GELU, or SiLU on the gate) for ReLU squared and keeps the structure,
+    so the weights still map onto the flavour's Hugging Face layout.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.swiglu = cfg.flavour == "llama"
+        self.relu2 = cfg.relu2
         bias = cfg.bias and not self.swiglu
         hidden = swiglu_hidden(cfg) if self.swiglu else round(cfg.mlp_ratio * cfg.n_embd)
         self.c_fc = nn.Linear(cfg.n_embd, (2 if self.swiglu else 1) * hidden, bias=bias)
@@ -131,7 +141,9 @@ class MLP(nn.Module):
         h = self.c_fc(x)
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
+            h = (F.relu(gate).square() if self.relu2 else F.silu(gate)) * up
+        elif self.relu2:
+            h = F.relu(h).square()
         else:
             h = F.gelu(h, approximate="tanh")  # GPT-2's GELU, so exported weights behave the same
         return self.drop(self.c_proj(h))
@@ -196,13 +208,16 @@ class GPT(nn.Module):
 
         normal(0, init_std) for Linear and Embedding weights, zero biases, unit norm weights; the
         projections that write into the residual stream (attention and MLP `c_proj`) get
-        init_std / sqrt(2 * n_layer) so the residual's variance does not grow with depth.
+        init_std / sqrt(2 * n_layer) so the residual's variance does not grow with depth. With `zero_init`
+        those projections and an untied head start at zero: every block begins as the identity and the
+        first logits are uniform.
         """
         std = self.cfg.init_std
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
+                zero = self.cfg.zero_init and (name.endswith("c_proj") or name == "lm_head")
                 scale = math.sqrt(2 * self.cfg.n_layer) if name.endswith("c_proj") else 1.0
-                nn.init.normal_(module.weight, mean=0.0, std=std / scale)
+                nn.init.normal_(module.weight, mean=0.0, std=0.0 if zero else std / scale)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
@@ -251,6 +266,9 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length += T
         logits = F.linear(self.ln_f(x), self.output_weight)  # (B, T, V)
+        if self.cfg.logit_softcap:
+            cap = self.cfg.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
         loss = None
         if targets is not None:
             # fp32 so the loss (and its gradient) does not lose precision under bf16/fp16 autocast.

@@ -1,28 +1,104 @@
-"""AdamW with decay on matrices only, and learning-rate schedules as resumable LambdaLR objects."""
+"""Optimizers (AdamW, or Muon for hidden matrices plus AdamW), LR schedules as resumable LambdaLR objects, and
+the time budget turned into a step count."""
 
 from __future__ import annotations
 
 import inspect
 import math
+from typing import Any
 
 import torch
 
 from slmtrain.config import OptimConfig, ScheduleConfig
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.AdamW:
-    """AdamW where only tensors of rank >= 2 (matrices, embeddings) are decayed.
+def param_roles(model: torch.nn.Module) -> dict[str, str]:
+    """Each parameter's role by name: embed (token/position tables), head (untied output), hidden (2-D
+    matrices inside the blocks) or scalar (norm gains, biases)."""
+    roles = {}
+    for name, p in model.named_parameters():
+        if name.startswith(("wte.", "wpe.")):
+            roles[name] = "embed"
+        elif name.startswith("lm_head."):
+            roles[name] = "head"
+        else:
+            roles[name] = "hidden" if p.dim() == 2 else "scalar"
+    return roles
+
+
+def muon_parameters(model: torch.nn.Module, cfg: OptimConfig) -> set[str]:
+    """Names of the parameters Muon updates (none with AdamW): the hidden matrices."""
+    if cfg.name != "muon":
+        return set()
+    return {n for n, role in param_roles(model).items() if role == "hidden"}
+
+
+def _groups(model: torch.nn.Module, cfg: OptimConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(Muon groups, AdamW groups), empty ones left out. The first AdamW group runs at optim.lr: its LR is logged.
 
     Norm gains and biases are not decayed: pulling them to zero fights the normalisation they implement.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    roles = param_roles(model)
+    params = [(roles[n], p) for n, p in model.named_parameters() if p.requires_grad]
+    own_lr = {"embed": cfg.embed_lr, "head": cfg.head_lr}
+    muon_roles = {"hidden"} if cfg.name == "muon" else set()
+    # Matrices at optim.lr share one decayed group, in model order (the order the grad norm is summed in).
+    shared = {"hidden", "embed", "head"} - muon_roles - {r for r, lr in own_lr.items() if lr}
+    adam = [{"params": [p for r, p in params if r in shared], "weight_decay": cfg.weight_decay, "role": "matrices"},
+            {"params": [p for r, p in params if r == "scalar"], "weight_decay": 0.0, "role": "scalar"}]
+    adam += [{"params": [p for r, p in params if r == role], "lr": lr, "weight_decay": cfg.weight_decay, "role": role}
+             for role, lr in own_lr.items() if lr]
+    muon = [{"params": [p for r, p in params if r in muon_roles], "lr": cfg.muon_lr,
+             "weight_decay": cfg.muon_weight_decay, "ns_steps": cfg.muon_ns_steps, "role": "hidden",
+             "momentum": cfg.muon_momentum_start if cfg.muon_momentum_warmup else cfg.muon_momentum}]
+    return [g for g in muon if g["params"]], [g for g in adam if g["params"]]
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """torch's Muon on some parameter groups and AdamW on the others, as one optimizer.
+
+    The loop, the grad scaler, the LR scheduler and DCP see one object whose `param_groups` and `state` are
+    the very dicts the two inner optimizers step; a load replaces them, so the inner ones are re-linked.
+    """
+
+    def __init__(self, muon_groups: list[dict[str, Any]], adam_groups: list[dict[str, Any]],
+                 adam_kwargs: dict[str, Any]) -> None:
+        self._muon = torch.optim.Muon(muon_groups)
+        self._adam = torch.optim.AdamW(adam_groups, **adam_kwargs)
+        for g in self._muon.param_groups:
+            g["use_muon"] = True
+        for g in self._adam.param_groups:
+            g["use_muon"] = False
+        # AdamW's groups first: group 0 runs at optim.lr (see _groups).
+        super().__init__(self._adam.param_groups + self._muon.param_groups, {})
+        self._link()
+
+    def _link(self) -> None:
+        self._muon.param_groups = [g for g in self.param_groups if g["use_muon"]]
+        self._adam.param_groups = [g for g in self.param_groups if not g["use_muon"]]
+        self._muon.state = self._adam.state = self.state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._link()
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        self._muon.step()
+        self._adam.step()
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
+    """AdamW (decay on matrices only), or Muon for the hidden matrices with AdamW for the rest."""
+    muon, adam = _groups(model, cfg)
     fused_ok = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type == "cuda"
     fused = fused_ok if cfg.fused == "auto" else (cfg.fused == "on" and fused_ok)
-    extra = {"fused": True} if fused else {}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **extra)
+    kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
+    if fused:
+        kwargs["fused"] = True
+    if muon:
+        return MuonAdamW(muon, adam, kwargs)
+    return torch.optim.AdamW(adam, **kwargs)
 
 
 class Schedule:
@@ -54,6 +130,48 @@ class Schedule:
         return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig,
-                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, Schedule(cfg, total_steps))
+class _Scheduler(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR that also warms up Muon's momentum as a function of the step, so it resumes with last_epoch."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: Schedule, momentum: tuple[float, float, int]) -> None:
+        self.momentum_start, self.momentum_end, self.momentum_warmup = momentum  # plain values: JSON in meta
+        super().__init__(optimizer, schedule)
+
+    def step(self, epoch: int | None = None) -> None:  # type: ignore[override]
+        super().step(epoch)
+        progress = min(1.0, self.last_epoch / self.momentum_warmup) if self.momentum_warmup else 1.0
+        for g in self.optimizer.param_groups:
+            if g.get("use_muon"):
+                g["momentum"] = self.momentum_start + (self.momentum_end - self.momentum_start) * progress
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int,
+                    optim_cfg: OptimConfig | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    o = optim_cfg or OptimConfig()
+    return _Scheduler(optimizer, Schedule(cfg, total_steps),
+                      (o.muon_momentum_start, o.muon_momentum, o.muon_momentum_warmup))
+
+
+def set_total_steps(scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: int) -> None:
+    """Give the schedule its length (a budgeted run fixes it after its first steps; resume may raise it)."""
+    for fn in scheduler.lr_lambdas:
+        fn.total = max(1, total_steps)
+
+
+def fit_steps(budget_s: float, elapsed_s: float, done: int, step_s: float, *, eval_s: float, eval_every: int,
+              save_s: float, save_every: int, save_every_s: float = 0.0) -> int:
+    """Total optimizer steps that fill a time budget, final evaluation and final save included.
+
+    Args:
+        budget_s: the budget in seconds; elapsed_s of it are spent, on `done` steps.
+        step_s: measured seconds per step; eval_s / save_s: seconds per evaluation / save, which happen every
+            eval_every / save_every steps (0: never) and every save_every_s seconds (0: never).
+
+    Returns:
+        `done` plus as many steps as fit in what is left (never fewer than `done`).
+    """
+    left = budget_s - elapsed_s - eval_s - save_s
+    if save_every_s > 0:
+        left -= save_s * math.floor(max(0.0, budget_s - elapsed_s) / save_every_s)
+    per_step = step_s + (eval_s / eval_every if eval_every else 0.0) + (save_s / save_every if save_every else 0.0)
+    return done + max(0, math.floor(left / max(per_step, 1e-9)))

@@ -24,11 +24,14 @@ from slmtrain.generate import generate
 from slmtrain.lock import RunLock
 from slmtrain.log import Console, MetricsWriter, fmt_count, fmt_duration, read_jsonl
 from slmtrain.model import GPT
-from slmtrain.optim import build_optimizer, build_scheduler
+from slmtrain.optim import build_optimizer, build_scheduler, fit_steps, set_total_steps
 from slmtrain.preempt import EXIT_ABORTED, EXIT_PREEMPTED, NoticePoller, PreemptionFlag
 from slmtrain.saving import Saver, restore
 from slmtrain.state import seed_everything
 from slmtrain.train import bits_per_byte, evaluate, perplexity, train_step
+
+
+_UNBOUNDED = 2**62  # a budgeted run's length until its step count is fitted
 
 
 class TrainingDiverged(SlmError):
@@ -175,16 +178,23 @@ class RunManager:
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)
         t = cfg.train
         self.tokens_per_step = t.batch_size * t.grad_accum * cfg.model.seq_len * info.world_size
-        self.total_steps = t.max_steps or math.ceil(t.max_tokens / self.tokens_per_step)
-        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.total_steps)
+        self.total_steps = self._step_cap()
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.total_steps, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.run.precision == "fp16" else None
         self.state: dict[str, Any] = {"step": 0, "tokens": 0, "skipped": 0, "consecutive_skipped": 0,
-                                      "best_val_loss": None, "train_seconds": 0.0}
+                                      "best_val_loss": None, "train_seconds": 0.0, "planned_steps": None,
+                                      "budget_reserve_seconds": 0.0}
         self.rebuild_loader(start_step=0)
         ev = cfg.eval
         self.val_batches = eval_batches(self.prepared.valid_path, cfg.model.seq_len, ev.batch_size or t.batch_size,
                                         ev.batches, cfg.run.seed + 1)
         self.saver = Saver(self)
+
+    def _step_cap(self) -> int:
+        """The run's length before a time budget fits it: max_steps, or max_tokens in steps (whichever is set)."""
+        t = self.cfg.train
+        caps = [n for n in (t.max_steps, math.ceil(t.max_tokens / self.tokens_per_step) if t.max_tokens else 0) if n]
+        return min(caps) if caps else _UNBOUNDED
 
     def rebuild_loader(self, start_step: int) -> None:
         cfg, info, t = self.cfg, self.info, self.cfg.train
@@ -202,6 +212,9 @@ class RunManager:
         cfg, st = self.cfg, self.state
         if self.resume:
             resumed_from = self._restore()
+            if st["planned_steps"]:
+                self.total_steps = st["planned_steps"]
+                set_total_steps(self.scheduler, self.total_steps)
         # Opened after a resume has cut the lost attempt's tail from the files, never before.
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl", enabled=self.info.is_main)
         self.samples = MetricsWriter(self.run_dir / "samples.jsonl", enabled=self.info.is_main)
@@ -227,6 +240,8 @@ class RunManager:
         step_start_seconds = st["train_seconds"]
         self.first_step = st["step"]
         loop_start = time.monotonic()
+        budget = t.max_minutes * 60
+        probe_start, probe_save = (st["step"], st["train_seconds"]), None
         if self.resume:
             ready = time.monotonic() - started
             self.metrics.write("event", event="resume_ready", step=st["step"], seconds=round(ready, 3))
@@ -237,12 +252,14 @@ class RunManager:
             if t.max_tokens and st["tokens"] >= t.max_tokens:
                 break
             elapsed = step_start_seconds + time.monotonic() - loop_start
+            # Past the budget (and its overrun allowance) less the final evaluation and save: stop short.
+            over = bool(budget) and elapsed >= budget * (1 + t.budget_overrun) - st["budget_reserve_seconds"]
             # Clocks and signals are per process: one collective makes every rank stop at the same step.
-            verdict = dist.max_over_ranks(2 if self.flag.is_set else int(bool(t.max_minutes)
-                                                                        and elapsed >= t.max_minutes * 60),
-                                          self.device)
+            verdict = dist.max_over_ranks(2 if self.flag.is_set else int(over), self.device)
             if verdict:
                 stop_reason = "preempted" if verdict == 2 else "finished (max_minutes)"
+                if verdict == 1:
+                    self._budget_cut()
                 break
             self.saver.poll()
             stats = train_step(model, batches, self.optimizer, self.scheduler, grad_accum=t.grad_accum,
@@ -253,6 +270,17 @@ class RunManager:
             st["train_seconds"] = step_start_seconds + time.monotonic() - loop_start
             self._after_skip(stats.skipped)
             step = st["step"]
+            if budget and st["planned_steps"] is None:
+                fit_at = min(self.first_step + t.budget_probe_steps, cfg.schedule.warmup_steps - 1)
+                if step == self.first_step + 1:
+                    probe_start = (step, st["train_seconds"])
+                if step == fit_at - 1 and step > self.first_step + 1:
+                    # Timed here, a step early: the count is fixed next step and saved with it.
+                    t0 = time.monotonic()
+                    self.saver.save(reason="budget_probe")
+                    probe_save = time.monotonic() - t0
+                if step >= fit_at:
+                    self._fit_budget(budget, probe_start, probe_save)
             if step % cfg.log.every_steps == 0 or step == 1 or step == self.total_steps:
                 # .item() syncs with the device: only on log steps.
                 loss = dist.all_mean(stats.loss.item(), self.device)
@@ -263,8 +291,9 @@ class RunManager:
                 self.metrics.write("train", step=step, tokens=st["tokens"], loss=loss, lr=lr,
                                    grad_norm=float(stats.grad_norm.item()), tokens_per_s=round(tps, 1))
                 eta = (self.total_steps - step) * self.tokens_per_step / max(tps, 1e-9)
-                self.console.progress(f"step {step}/{self.total_steps} | loss {loss:.4f} | lr {lr:.2e} | "
-                                      f"{fmt_count(tps)} tok/s | ETA {fmt_duration(eta)}")
+                total = "?" if self.total_steps == _UNBOUNDED else self.total_steps
+                self.console.progress(f"step {step}/{total} | loss {loss:.4f} | lr {lr:.2e} | "
+                                      f"{fmt_count(tps)} tok/s | ETA {fmt_duration(eta) if total != '?' else '?'}")
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < self.total_steps:
                 self._evaluate()
             if step == self.first_step + 3:  # a few steps into every attempt, once the timing means something
@@ -279,6 +308,53 @@ class RunManager:
         self.metrics.close()
         self.samples.close()
         return self._end("finished", 0, stop_reason)
+
+    def _fit_budget(self, budget: float, probe_start: tuple[int, float], probe_save: float | None) -> None:
+        """Fix the step count that fills the time budget and save at once, so the count is durable.
+
+        Timed: this attempt's steps after its first (which carries one-off costs: allocations, compilation),
+        one save the step before and one evaluation now. Too short a probe estimates the save from its size.
+        """
+        cfg, st = self.cfg, self.state
+        step = st["step"]
+        first, then = probe_start
+        spent = st["train_seconds"] - then - (probe_save or 0.0)
+        step_s = spent / (step - first) if step > first else st["train_seconds"] / max(1, step)
+        t0 = time.monotonic()
+        self._evaluate()
+        eval_s = time.monotonic() - t0
+        save_s = probe_save if probe_save is not None else self.saver.estimate_seconds()
+        st["train_seconds"] += eval_s
+        c = cfg.checkpoint
+        fitted = fit_steps(budget, st["train_seconds"], step, step_s, eval_s=eval_s, eval_every=cfg.eval.every_steps,
+                           save_s=save_s, save_every=c.every_steps, save_every_s=c.every_minutes * 60)
+        # Every rank must take the same number of steps: the smallest fit wins.
+        fitted = -dist.max_over_ranks(-min(fitted, self._step_cap()), self.device)
+        st["planned_steps"] = self.total_steps = max(fitted, step)
+        set_total_steps(self.scheduler, self.total_steps)
+        if self.info.is_main:
+            runinfo.record(self.run_dir, planned_steps=self.total_steps)
+        self.console.info(f"time budget {fmt_duration(budget)}: {self.total_steps} steps ({step_s * 1000:.0f} ms a "
+                          f"step, evaluation {eval_s:.2f}s, save ~{save_s:.2f}s); the schedule reaches its floor at "
+                          f"step {self.total_steps}. The same run without a budget: --set train.max_minutes=0 "
+                          f"--set train.max_steps={self.total_steps}")
+        t0 = time.monotonic()
+        self.saver.save(reason="budget")
+        saved_s = time.monotonic() - t0
+        st["train_seconds"] += saved_s
+        st["budget_reserve_seconds"] = eval_s + max(save_s, saved_s)
+        self.metrics.write("event", event="budget_plan", step=step, planned_steps=self.total_steps,
+                           budget_seconds=budget, step_seconds=round(step_s, 5), eval_seconds=round(eval_s, 4),
+                           save_seconds_estimate=round(save_s, 4), save_seconds=round(saved_s, 4),
+                           elapsed_seconds=round(st["train_seconds"], 3))
+
+    def _budget_cut(self) -> None:
+        st = self.state
+        planned = st["planned_steps"]
+        self.metrics.write("event", event="budget_cut", step=st["step"], planned_steps=planned,
+                           elapsed_seconds=round(st["train_seconds"], 3))
+        self.console.info(f"time budget spent at step {st['step']} of {planned or '?'} planned (the machine ran "
+                          f"slower than when the count was fitted): stopping before the schedule reached its floor")
 
     def _after_skip(self, skipped: bool) -> None:
         st = self.state

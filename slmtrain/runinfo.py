@@ -47,6 +47,13 @@ def start_attempt(run_dir: Path, kind: str) -> str | None:
     return previous
 
 
+def record(run_dir: Path, **fields: Any) -> None:
+    """Set top-level fields of run.json (e.g. the step count a time budget fixed)."""
+    data = read(run_dir) or {"created": time.time(), "attempts": []}
+    data.update(fields)
+    fsio.atomic_write_json(run_dir / RUN_JSON, data)
+
+
 def end_attempt(run_dir: Path, status: str, exit_code: int, reason: str, **extra: Any) -> None:
     data = read(run_dir) or {"created": time.time(), "attempts": [{}]}
     data["status"] = status

@@ -20,6 +20,7 @@ from slmtrain.asyncsave import AsyncSaver, snapshot
 from slmtrain.checkpoint import load_app_state, prune, read_meta, read_rank_state, save_checkpoint
 from slmtrain.errors import CheckpointError, SlmError, UserError
 from slmtrain.model import GPT
+from slmtrain.optim import set_total_steps
 from slmtrain.reference import REFERENCE_POSITIONS, compute_reference
 from slmtrain.state import load_model_optim_state, model_optim_state, rng_state, set_rng_state
 
@@ -66,10 +67,16 @@ class Saver:
         if by_steps or (self.cfg.every_minutes and dist.max_over_ranks(int(by_time), self.rm.device)):
             self.save(reason="periodic")
 
+    def estimate_seconds(self) -> float:
+        """Seconds one save costs the training loop: the last one's, or from the state's size until timed."""
+        if self.last_seconds is not None:
+            return self.last_seconds
+        nbytes = sum(p.numel() * p.element_size() for p in self.rm.model.parameters()) * 3  # weights + Adam m, v
+        return nbytes / _ASSUMED_WRITE_BYTES_PER_S
+
     def warn_if_over_grace(self, step_seconds: float) -> None:
         """Warn when one step plus one save may not fit in the preemption grace period."""
-        nbytes = sum(p.numel() * p.element_size() for p in self.rm.model.parameters()) * 3  # weights + Adam m, v
-        save_s = self.last_seconds if self.last_seconds is not None else nbytes / _ASSUMED_WRITE_BYTES_PER_S
+        save_s = self.estimate_seconds()
         grace = self.cfg.grace_seconds
         if step_seconds + save_s > grace:
             msg = (f"warning: one step ({step_seconds:.1f}s) plus one save (~{save_s:.1f}s) exceeds "
@@ -233,9 +240,9 @@ def restore(rm: RunManager, path: Path) -> int:
         # index, so the cursor is the step alone.
         rm.rebuild_loader(start_step=int(meta["step"]))
     rm.scheduler.load_state_dict(meta["scheduler"])
-    # The schedule's length follows the current recipe (max_steps may be raised on resume).
-    for fn in rm.scheduler.lr_lambdas:
-        fn.total = max(1, rm.total_steps)
+    # The schedule's length follows the current recipe (max_steps may be raised on resume), or the step count
+    # a time budget fixed (applied by the run once the trainer state below is in).
+    set_total_steps(rm.scheduler, rm.total_steps)
     if rm.scaler is not None and meta.get("scaler"):
         rm.scaler.load_state_dict(meta["scaler"])
     rm.state.update(meta["trainer"])

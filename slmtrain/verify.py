@@ -12,8 +12,9 @@ inside a check becomes that check's failure, so the verifier never crashes on ga
                   matrix is stored once); untied: both are stored
     tokenizer     tokenizer.json loads, its fingerprint equals config.json's and meta.json's; its
                   vocabulary fits the embedding, whose rows equal model.vocab_size
-    optimizer     optim/ holds exp_avg and exp_avg_sq with each parameter's shape for every parameter
-                  and nothing else, finite; AdamW's step equals the trainer's step minus skipped steps
+    optimizer     optim/ holds, for every parameter and nothing else, finite AdamW exp_avg and exp_avg_sq, or
+                  (optim.name = "muon", hidden matrices) Muon's momentum_buffer, each of the parameter's
+                  shape; AdamW's step equals the trainer's step minus skipped steps
                   (at most that with an fp16 grad scaler, which skips steps on its own); param_groups
                   cover every parameter once
     scheduler     the LR scheduler's last_epoch and the trainer's step equal the checkpoint's step;
@@ -53,6 +54,7 @@ from slmtrain.checkpoint import read_meta
 from slmtrain.ckptload import checkpoints_root, is_checkpoint_dir, load_flat, one_line, read_dcp_metadata, step_dirs
 from slmtrain.errors import CheckpointError, UserError
 from slmtrain.manifest import LATEST_FILE
+from slmtrain.optim import muon_parameters
 from slmtrain.verify_checks import (
     FAIL,
     PASS,
@@ -74,6 +76,8 @@ from slmtrain.verify_checks import (
 )
 
 OPTIM_DIR = "optim"
+_ADAMW_STATS = ("exp_avg", "exp_avg_sq", "step")
+_MUON_STATS = ("momentum_buffer",)
 _DETAIL_CHARS = 600
 
 
@@ -142,11 +146,12 @@ def _optim_entries(md: Metadata) -> tuple[dict[str, dict[str, str]], dict[int, d
 
 def _check_optimizer(ctx: Ctx) -> tuple[str, str]:
     meta = ctx.need_meta()
-    ctx.need_cfg()
+    cfg = ctx.need_cfg()
     assert ctx.skeleton is not None
     md = read_dcp_metadata(ctx.path / OPTIM_DIR)
     state, groups, other = _optim_entries(md)
     params = {n: tuple(p.shape) for n, p in ctx.skeleton.named_parameters()}
+    muon = muon_parameters(ctx.skeleton, cfg.optim)
     trainer = meta["trainer"]
     updates = _int(trainer["step"], "trainer step") - _int(trainer.get("skipped", 0), "trainer skipped")
     scaler = meta.get("scaler") is not None
@@ -162,7 +167,11 @@ def _check_optimizer(ctx: Ctx) -> tuple[str, str]:
             if updates > 0 and not scaler:
                 problems.append(f"no state for parameter {name}")
             continue
-        for stat in ("exp_avg", "exp_avg_sq", "step"):
+        expected = _MUON_STATS if name in muon else _ADAMW_STATS
+        if extra := sorted(set(stats) - set(expected)):
+            problems.append(f"{name}: unexpected {'/'.join(extra)} for a {'Muon' if name in muon else 'AdamW'} "
+                            f"parameter")
+        for stat in expected:
             m = entries.get(stats.get(stat, ""))
             want = shape if stat != "step" else ()
             if not isinstance(m, TensorStorageMetadata):
@@ -174,9 +183,9 @@ def _check_optimizer(ctx: Ctx) -> tuple[str, str]:
     if problems:
         raise Fail(cap(problems))
     tensors, objects = load_flat(ctx.path / OPTIM_DIR, md, list(entries))
-    steps = {n: float(tensors[s["step"]].reshape(-1)[0]) for n, s in state.items()}
+    steps = {n: float(tensors[s["step"]].reshape(-1)[0]) for n, s in state.items() if "step" in s}
     for name, stats in state.items():
-        for stat in ("exp_avg", "exp_avg_sq"):
+        for stat in _MUON_STATS if name in muon else ("exp_avg", "exp_avg_sq"):
             t = tensors[stats[stat]]
             finite, low = finite_range(t)
             if not finite or (stat == "exp_avg_sq" and low < 0):
@@ -194,8 +203,11 @@ def _check_optimizer(ctx: Ctx) -> tuple[str, str]:
                         f"model has {len(params)}")
     if problems:
         raise Fail(cap(problems))
-    return PASS, (f"{len(state)} parameters with exp_avg/exp_avg_sq, AdamW step {updates}"
-                  f"{' (grad scaler)' if scaler else ''}, {len(groups)} param groups")
+    adam = len(state) - len(muon & set(state))
+    return PASS, (f"{adam} parameters with exp_avg/exp_avg_sq, AdamW step {updates}"
+                  f"{' (grad scaler)' if scaler else ''}"
+                  f"{f', {len(muon & set(state))} Muon matrices with momentum_buffer' if muon else ''}, "
+                  f"{len(groups)} param groups")
 
 
 def _check_scheduler(ctx: Ctx) -> tuple[str, str]:

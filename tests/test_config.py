@@ -55,7 +55,7 @@ def test_all_problems_are_collected() -> None:
 @pytest.mark.parametrize("text,needle", [
     ("[run]\ndevice = 'tpu'\n", "run.device: 'tpu' is not one of"),
     ("[run]\nseed = true\n", "run.seed: expected an integer"),
-    ("[train]\nmax_steps = 0\nmax_tokens = 0\n", "train.max_steps and train.max_tokens are both 0"),
+    ("[train]\nmax_steps = 0\nmax_tokens = 0\n", "train.max_steps, train.max_tokens and train.max_minutes are all 0"),
     ("[data]\nsource = 'text'\n", "data.train is empty"),
     ("[data]\nsource = 'csv'\n", "data.source: 'csv'"),
     ("[model]\nflavour = 'llama'\nn_embd = 12\nn_head = 4\n", "must be even for RoPE"),

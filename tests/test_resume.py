@@ -140,6 +140,20 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path: Path, cache: Pa
     assert "kills: 5 " in report, report
 
 
+def test_kill_9_in_a_time_budgeted_muon_run_then_resume_is_exact(tmp_path: Path, cache: Path) -> None:
+    # The killed run fits its own step count; the reference is then run with that count as max_steps.
+    recipe = _recipe(tmp_path, cache)
+    overrides = ["checkpoint.every_steps=3", "train.max_steps=0", "schedule.warmup_steps=20",
+                 "train.budget_probe_steps=8", "optim.name='muon'", "model.qk_norm=true", "model.relu2=true",
+                 "model.zero_init=true", "model.tie_embeddings=false", "optim.head_lr=0.01"]
+    log = tmp_path / "chaos.txt"
+    with open(log, "w") as out:
+        ok = run_experiment(recipe, tmp_path, kills=4, overrides=overrides, seed=5, out=out, budget_minutes=0.1)
+    report = log.read_text()
+    assert ok, report
+    assert "fitted step count: " in report and "kills: 4 " in report, report
+
+
 def _prepare_two_checkpoints(reference: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)

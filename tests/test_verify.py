@@ -49,7 +49,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert cli.main(["run", str(recipe), "--run-dir", str(tmp / "llama"), "--set", "model.flavour='llama'",
                      "--set", "model.tie_embeddings=false", "--set", "train.max_steps=4", "--set", "eval.every_steps=0",
                      *common]) == 0
-    return {"fp32": tmp / "fp32", "bf16": tmp / "bf16", "fp16": tmp / "fp16", "llama": tmp / "llama"}
+    assert cli.main(["run", str(recipe), "--run-dir", str(tmp / "muon"), "--set", "model.flavour='llama'",
+                     "--set", "optim.name='muon'", "--set", "model.qk_norm=true", "--set", "model.relu2=true",
+                     "--set", "model.zero_init=true", "--set", "model.logit_softcap=15.0",
+                     "--set", "train.max_steps=4", "--set", "eval.every_steps=0", *common]) == 0
+    return {"fp32": tmp / "fp32", "bf16": tmp / "bf16", "fp16": tmp / "fp16", "llama": tmp / "llama",
+            "muon": tmp / "muon"}
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +134,7 @@ def test_final_and_intermediate_checkpoints_are_sound(runs: dict[str, Path], whi
     assert report.format().splitlines()[-1].startswith("SOUND")
 
 
-@pytest.mark.parametrize("run", ["bf16", "fp16", "llama"])
+@pytest.mark.parametrize("run", ["bf16", "fp16", "llama", "muon"])
 def test_other_precisions_and_flavours_verify_on_cpu_in_fp32(runs: dict[str, Path], run: str) -> None:
     (ckpt,) = resolve_targets(runs[run])
     report = verify(ckpt)
@@ -138,6 +143,27 @@ def test_other_precisions_and_flavours_verify_on_cpu_in_fp32(runs: dict[str, Pat
     assert "float32" in _status(report)["weights"][1]
     assert ("grad scaler" in _status(report)["optimizer"][1]) == (run == "fp16")
     assert _status(report)["tied_weights"][1].startswith("untied" if run == "llama" else "output projection is")
+    assert ("8 Muon matrices with momentum_buffer" in _status(report)["optimizer"][1]) == (run == "muon")
+
+
+def _drop_optim_entry(ckpt: Path, suffix: str) -> None:
+    """Remove one entry from optim/'s DCP metadata (as if it had never been saved), then re-seal."""
+    import pickle
+
+    md = dcp.FileSystemReader(str(ckpt / "optim")).read_metadata()
+    key = next(k for k in md.state_dict_metadata if k.endswith(suffix))
+    del md.state_dict_metadata[key]
+    md.planner_data.pop(key, None)
+    md.storage_data = {i: v for i, v in md.storage_data.items() if i.fqn != key}
+    (ckpt / "optim" / ".metadata").write_bytes(pickle.dumps(md))
+    reseal(ckpt)
+
+
+def test_a_muon_matrix_without_its_momentum_fails(runs: dict[str, Path], tmp_path: Path) -> None:
+    (src,) = resolve_targets(runs["muon"])
+    ckpt = Path(shutil.copytree(src, tmp_path / src.name))
+    _drop_optim_entry(ckpt, "h.1.mlp.c_fc.weight.momentum_buffer")
+    _assert_fails(verify(ckpt), "optimizer", "no state for parameter h.1.mlp.c_fc.weight")
 
 
 def test_a_copied_checkpoint_verifies_anywhere(ckpt: Path) -> None:

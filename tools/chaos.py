@@ -3,6 +3,10 @@
     python tools/chaos.py --kills 50                       # sync saves
     python tools/chaos.py --kills 50 --async-save          # background writer
     python tools/chaos.py --kills 20 --recipe my.toml --set train.max_steps=400
+    python tools/chaos.py --kills 20 --budget-minutes 0.3   # a time-budgeted run
+
+With a time budget, the killed run fits its own step count; the uninterrupted run it must equal is then
+run with that count as train.max_steps (and no budget), as a user reproduces a budgeted run.
 
 Prints one row per kill: the moment (a random time during start-up, or a random offset after a random
 step), whether a checkpoint directory was being written (`saving`: a `*.tmp-*` directory existed), and
@@ -108,6 +112,14 @@ def _still_running_after(proc: subprocess.Popen, seconds: float, label: str) -> 
         return label
 
 
+def _planned_steps(run_dir: Path, default: int) -> int:
+    """The step count a time budget fixed (run.json), or `default` before it is fixed."""
+    try:
+        return int(read_json(run_dir / "run.json").get("planned_steps") or default)
+    except (OSError, ValueError):
+        return default
+
+
 def _wait_for_kill_moment(proc: subprocess.Popen, run_dir: Path, rng: random.Random, max_steps: int,
                           started: float, kills_left: int) -> str | None:
     """Sleep until a random moment of this attempt; None if the process ended first.
@@ -119,6 +131,7 @@ def _wait_for_kill_moment(proc: subprocess.Popen, run_dir: Path, rng: random.Ran
         delay = rng.uniform(0.1, 2.5)
         return _still_running_after(proc, delay, f"start+{delay:.2f}s")
     base = _newest_committed(run_dir) or 0
+    max_steps = _planned_steps(run_dir, max_steps)
     # Spread the remaining kills over the remaining steps, so the run does not end before they all land.
     reach = max(1, 2 * (max_steps - 1 - base) // (kills_left + 1))
     target = min(base + rng.randint(1, reach), max_steps - 1)
@@ -132,25 +145,39 @@ def _wait_for_kill_moment(proc: subprocess.Popen, run_dir: Path, rng: random.Ran
     return None
 
 
-def run_experiment(recipe: Path, workdir: Path, kills: int, overrides: list[str], seed: int,
-                   out=sys.stdout) -> bool:
-    from slmtrain import config
-
-    sets = [a for o in overrides for a in ("--set", o)]
-    max_steps = config.load(recipe, overrides).train.max_steps
-    ref_dir, chaos_dir = workdir / "reference", workdir / "chaos"
+def _reference_run(recipe: Path, ref_dir: Path, sets: list[str], steps: int, out) -> None:
     t0 = time.monotonic()
     subprocess.run(_cmd("run", str(recipe), "--run-dir", str(ref_dir), *sets), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    print(f"reference run: {time.monotonic() - t0:.1f}s, {max_steps} steps", file=out)
+    print(f"reference run: {time.monotonic() - t0:.1f}s, {steps} steps", file=out)
+
+
+def run_experiment(recipe: Path, workdir: Path, kills: int, overrides: list[str], seed: int,
+                   out=sys.stdout, budget_minutes: float = 0.0) -> bool:
+    from slmtrain import config
+
+    if budget_minutes:
+        # Exactness, not timing, is under test: a slow attempt must not cut the fitted schedule short.
+        budget = [f"train.max_minutes={budget_minutes}", "train.budget_overrun=10.0"]
+    else:
+        budget = []
+    sets = [a for o in overrides for a in ("--set", o)]
+    chaos_sets = sets + [a for o in budget for a in ("--set", o)]
+    # Until a budgeted run has fitted its count, kills are spread as if it were this long.
+    max_steps = config.load(recipe, overrides + budget).train.max_steps or 200
+    ref_dir, chaos_dir = workdir / "reference", workdir / "chaos"
+    if budget_minutes:
+        print(f"time budget: {budget_minutes} minutes of training", file=out)
+    else:
+        _reference_run(recipe, ref_dir, sets, max_steps, out)
     print(f"{'kill':>4} {'moment':>16} {'saving':>6} {'newest_sound':>12}", file=out)
     rng = random.Random(seed)
     ok, done, attempt = True, 0, 0
     log_path = workdir / "chaos-attempts.log"
     while True:
         first = not (chaos_dir / "run.json").exists()  # killed before the run directory was set up
-        args = _cmd("run", str(recipe), "--run-dir", str(chaos_dir), *sets) if first else \
-            _cmd("resume", str(chaos_dir), *sets)
+        args = _cmd("run", str(recipe), "--run-dir", str(chaos_dir), *chaos_sets) if first else \
+            _cmd("resume", str(chaos_dir), *chaos_sets)
         attempt += 1
         with open(log_path, "w") as log:  # a file, not a pipe: a full pipe would stall the child
             started = time.time()
@@ -171,6 +198,12 @@ def run_experiment(recipe: Path, workdir: Path, kills: int, overrides: list[str]
             print(f"attempt {attempt} exited {proc.returncode}:\n{err[-2000:]}", file=out)
             ok = False
         break
+    if ok and budget_minutes:
+        planned = _planned_steps(chaos_dir, 0)
+        print(f"fitted step count: {planned}", file=out)
+        ok = planned > 0
+        if ok:
+            _reference_run(recipe, ref_dir, sets + ["--set", f"train.max_steps={planned}"], planned, out)
     if ok:
         ref, got = final_weights(ref_dir), final_weights(chaos_dir)
         same = ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
@@ -188,6 +221,8 @@ def main() -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--async-save", action="store_true", help="use the background checkpoint writer")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget-minutes", type=float, default=0.0,
+                   help="give the killed run this time budget (train.max_minutes) instead of a step count")
     p.add_argument("--keep", help="keep the run directories here instead of a temporary directory")
     args = p.parse_args()
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="slmtrain-chaos-"))
@@ -197,9 +232,13 @@ def main() -> int:
         recipe.write_text(CHAOS_RECIPE.format(cache=(workdir / "cache").as_posix()))
     # The built-in run is long enough that every kill lands before it finishes.
     length = [] if args.recipe else [f"train.max_steps={max(60, 8 * args.kills)}"]
+    if args.budget_minutes:
+        # The budget fits the count (max_steps only caps it); warmup outlasts the timing probe.
+        length = [] if args.recipe else ["train.max_steps=0", "schedule.warmup_steps=20", "train.budget_probe_steps=8"]
     overrides = length + args.overrides + (["checkpoint.async_save=true"] if args.async_save else [])
     try:
-        return 0 if run_experiment(recipe, workdir, args.kills, overrides, args.seed) else 1
+        return 0 if run_experiment(recipe, workdir, args.kills, overrides, args.seed,
+                                   budget_minutes=args.budget_minutes) else 1
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
