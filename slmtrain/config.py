@@ -102,7 +102,8 @@ class OptimConfig:
     beta2: float = _f(0.95, "AdamW beta2.", lo=0.0, hi=0.999999)
     eps: float = _f(1e-8, "AdamW epsilon.", lo=0.0, hi=1.0)
     grad_clip: float = _f(1.0, "Clip the global grad norm to this (0: off).", lo=0.0)
-    fused: str = _f("auto", "Fused AdamW kernel: auto (on CUDA), on, off.", choices=("auto", "on", "off"))
+    fused: str = _f("auto", "Fused AdamW kernel (CUDA or CPU): auto (where it is faster), on, off.",
+                    choices=("auto", "on", "off"))
     muon_lr: float = _f(0.02, "Peak learning rate of Muon (hidden matrices; scaled by sqrt(max(1, rows/cols))).",
                         lo=0.0, hi=10.0)
     muon_momentum: float = _f(0.95, "Muon momentum after its warmup (Nesterov).", lo=0.0, hi=0.999999)
@@ -129,10 +130,12 @@ class TrainConfig:
     max_tokens: int = _f(0, "Stop after this many training tokens (0: no limit).", lo=0)
     max_minutes: float = _f(0.0, "Time budget in minutes: the step count is fitted so the schedule ends inside it "
                                  "(0: no budget).", lo=0.0)
+    fit_budget: bool = _f(True, "Fit the step count (and the schedule) to max_minutes; false: the schedule follows "
+                                "max_steps and the budget merely stops the run.")
     budget_overrun: float = _f(0.015, "Share of the budget a run may exceed (e.g. the machine slowed down) before "
                                "it stops short of its fitted step count.", lo=0.0, hi=10.0)
-    budget_probe_steps: int = _f(10, "Steps timed at the start of a budgeted run before its step count is fixed.",
-                                 lo=2, hi=10000)
+    budget_probe_steps: int = _f(20, "Steps at the start of a budgeted run before its step count is fixed (the "
+                                 "first 4 of an attempt are not timed).", lo=2, hi=10000)
     skip_nonfinite: int = _f(5, "Consecutive non-finite steps tolerated (skipped) before the run fails.", lo=0)
 
 
@@ -206,7 +209,7 @@ SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Config)} 
 # or how a run reports and saves, never the numbers it computes.
 RESUME_SAFE_KEYS = frozenset({
     "run.name", "run.out_dir", "data.loader_workers", "data.prepare_workers", "data.cache_dir",
-    "train.max_steps", "train.max_tokens", "train.max_minutes", "train.budget_probe_steps", "train.budget_overrun",
+    "train.max_steps", "train.max_tokens", "train.max_minutes", "train.budget_probe_steps", "train.budget_overrun", "train.fit_budget",
     "train.skip_nonfinite",
     "log.every_steps", "log.progress",
     "eval.every_steps", "eval.batches", "eval.samples", "eval.sample_tokens", "eval.prompts",
@@ -311,11 +314,11 @@ def _cross_checks(cfg: Config) -> list[str]:
         p.append(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
     elif m.flavour == "llama" and (m.n_embd // m.n_head) % 2:
         p.append(f"model.n_embd / model.n_head ({m.n_embd // m.n_head}) must be even for RoPE (llama flavour)")
-    if t.max_steps == 0 and t.max_tokens == 0 and t.max_minutes == 0:
+    if t.max_steps == 0 and t.max_tokens == 0 and not (t.max_minutes and t.fit_budget):
         p.append("train.max_steps, train.max_tokens and train.max_minutes are all 0: set one so the schedule knows "
                  "its length")
     s = cfg.schedule
-    if t.max_minutes and s.kind != "constant" and s.warmup_steps <= t.budget_probe_steps:
+    if t.max_minutes and t.fit_budget and s.kind != "constant" and s.warmup_steps <= t.budget_probe_steps:
         # The step count is fixed after the probe; only warmup LRs do not depend on it, so a run given that
         # count as max_steps takes exactly the same steps.
         p.append(f"train.max_minutes needs schedule.warmup_steps ({s.warmup_steps}) above train.budget_probe_steps "

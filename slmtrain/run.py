@@ -32,6 +32,7 @@ from slmtrain.train import bits_per_byte, evaluate, perplexity, train_step
 
 
 _UNBOUNDED = 2**62  # a budgeted run's length until its step count is fitted
+_UNTIMED_STEPS = 4
 
 
 class TrainingDiverged(SlmError):
@@ -184,6 +185,7 @@ class RunManager:
         self.state: dict[str, Any] = {"step": 0, "tokens": 0, "skipped": 0, "consecutive_skipped": 0,
                                       "best_val_loss": None, "train_seconds": 0.0, "planned_steps": None,
                                       "budget_reserve_seconds": 0.0}
+        self.pending_skips: list[tuple[int, torch.Tensor]] = []
         self.rebuild_loader(start_step=0)
         ev = cfg.eval
         self.val_batches = eval_batches(self.prepared.valid_path, cfg.model.seq_len, ev.batch_size or t.batch_size,
@@ -253,7 +255,8 @@ class RunManager:
                 break
             elapsed = step_start_seconds + time.monotonic() - loop_start
             # Past the budget (and its overrun allowance) less the final evaluation and save: stop short.
-            over = bool(budget) and elapsed >= budget * (1 + t.budget_overrun) - st["budget_reserve_seconds"]
+            allowance = t.budget_overrun if st["planned_steps"] else 0.0
+            over = bool(budget) and elapsed >= budget * (1 + allowance) - st["budget_reserve_seconds"]
             # Clocks and signals are per process: one collective makes every rank stop at the same step.
             verdict = dist.max_over_ranks(2 if self.flag.is_set else int(over), self.device)
             if verdict:
@@ -268,20 +271,26 @@ class RunManager:
             st["step"] += 1
             st["tokens"] += stats.tokens * self.info.world_size
             st["train_seconds"] = step_start_seconds + time.monotonic() - loop_start
-            self._after_skip(stats.skipped)
             step = st["step"]
-            if budget and st["planned_steps"] is None:
+            if isinstance(stats.skipped, torch.Tensor):
+                self.pending_skips.append((step, stats.skipped))
+            else:
+                self._after_skip(stats.skipped, step)
+            if budget and t.fit_budget and st["planned_steps"] is None:
                 fit_at = min(self.first_step + t.budget_probe_steps, cfg.schedule.warmup_steps - 1)
-                if step == self.first_step + 1:
+                # The first steps of an attempt carry one-off costs (allocations, compilation): not timed.
+                if step == min(self.first_step + _UNTIMED_STEPS, fit_at - 2):
                     probe_start = (step, st["train_seconds"])
                 if step == fit_at - 1 and step > self.first_step + 1:
                     # Timed here, a step early: the count is fixed next step and saved with it.
                     t0 = time.monotonic()
+                    self._settle_skips()
                     self.saver.save(reason="budget_probe")
                     probe_save = time.monotonic() - t0
                 if step >= fit_at:
                     self._fit_budget(budget, probe_start, probe_save)
             if step % cfg.log.every_steps == 0 or step == 1 or step == self.total_steps:
+                self._settle_skips()
                 # .item() syncs with the device: only on log steps.
                 loss = dist.all_mean(stats.loss.item(), self.device)
                 now = time.monotonic()
@@ -298,12 +307,17 @@ class RunManager:
                 self._evaluate()
             if step == self.first_step + 3:  # a few steps into every attempt, once the timing means something
                 self.saver.warn_if_over_grace((st["train_seconds"] - step_start_seconds) / 3)
-            self.saver.maybe_save_periodic()
+            if self.saver.periodic_due():
+                self._settle_skips()
+                self.saver.save(reason="periodic")
+        self._settle_skips()
         if stop_reason == "preempted":
             return self._preempt_exit()
         if self.last_eval_step != st["step"]:
             self._evaluate()
         self.saver.save(reason="final", wait=True)
+        # The training loop's time as a budget counts it: steps, evaluations and saves, the final ones included.
+        st["train_seconds"] = step_start_seconds + time.monotonic() - loop_start
         self._summary(time.monotonic() - started)
         self.metrics.close()
         self.samples.close()
@@ -312,8 +326,8 @@ class RunManager:
     def _fit_budget(self, budget: float, probe_start: tuple[int, float], probe_save: float | None) -> None:
         """Fix the step count that fills the time budget and save at once, so the count is durable.
 
-        Timed: this attempt's steps after its first (which carries one-off costs: allocations, compilation),
-        one save the step before and one evaluation now. Too short a probe estimates the save from its size.
+        Timed: this attempt's steps after its first few, one save the step before and one evaluation now.
+        Too short a probe estimates the save from its size.
         """
         cfg, st = self.cfg, self.state
         step = st["step"]
@@ -339,6 +353,7 @@ class RunManager:
                           f"step {self.total_steps}. The same run without a budget: --set train.max_minutes=0 "
                           f"--set train.max_steps={self.total_steps}")
         t0 = time.monotonic()
+        self._settle_skips()
         self.saver.save(reason="budget")
         saved_s = time.monotonic() - t0
         st["train_seconds"] += saved_s
@@ -353,19 +368,30 @@ class RunManager:
         planned = st["planned_steps"]
         self.metrics.write("event", event="budget_cut", step=st["step"], planned_steps=planned,
                            elapsed_seconds=round(st["train_seconds"], 3))
-        self.console.info(f"time budget spent at step {st['step']} of {planned or '?'} planned (the machine ran "
-                          f"slower than when the count was fitted): stopping before the schedule reached its floor")
+        why = "the machine ran slower than when the count was fitted" if planned else "train.fit_budget = false"
+        self.console.info(f"time budget spent at step {st['step']} of {planned or self.total_steps} ({why}): stopping "
+                          f"before the schedule reached its floor")
 
-    def _after_skip(self, skipped: bool) -> None:
+    def _settle_skips(self) -> None:
+        """Count the skipped steps whose device flags are pending (one sync for all of them)."""
+        if not self.pending_skips:
+            return
+        flags = torch.stack([f for _, f in self.pending_skips]).tolist()
+        steps = [s for s, _ in self.pending_skips]
+        self.pending_skips.clear()
+        for step, flag in zip(steps, flags):
+            self._after_skip(bool(flag), step)
+
+    def _after_skip(self, skipped: bool, step: int) -> None:
         st = self.state
         if not skipped:
             st["consecutive_skipped"] = 0
             return
         st["skipped"] += 1
         st["consecutive_skipped"] += 1
-        self.metrics.write("event", event="skipped_step", step=st["step"], reason="non-finite loss or gradients",
+        self.metrics.write("event", event="skipped_step", step=step, reason="non-finite loss or gradients",
                            consecutive=st["consecutive_skipped"])
-        self.console.info(f"step {st['step']}: non-finite loss or gradients, update skipped "
+        self.console.info(f"step {step}: non-finite loss or gradients, update skipped "
                           f"({st['consecutive_skipped']} in a row)")
         if st["consecutive_skipped"] > self.cfg.train.skip_nonfinite:
             raise TrainingDiverged(f"{st['consecutive_skipped']} consecutive non-finite steps (train.skip_nonfinite "
@@ -468,4 +494,4 @@ class RunManager:
         lines += [f"checkpoint: {self.saver.last_path}", "sample:", story, "-" * 72]
         self.console.info("\n".join(lines))
         self.metrics.write("event", event="summary", step=st["step"], tokens=st["tokens"], wall_seconds=round(wall, 3),
-                           sample=story)
+                           train_seconds=round(st["train_seconds"], 3), sample=story)

@@ -57,15 +57,15 @@ class Saver:
         self.last_seconds: float | None = None
 
     # ------------------------------------------------------------------------------------ policy
-    def maybe_save_periodic(self) -> None:
+    def periodic_due(self) -> bool:
+        """Whether a periodic save is due at this step (every N steps or minutes; the final save is separate)."""
         step = self.rm.state["step"]
         if step >= self.rm.total_steps:
-            return  # the final save follows
+            return False  # the final save follows
         by_steps = bool(self.cfg.every_steps) and step % self.cfg.every_steps == 0
         by_time = bool(self.cfg.every_minutes) and time.monotonic() - self.last_time >= self.cfg.every_minutes * 60
         # Ranks must agree: a wall-clock trigger can fire on one rank and not another.
-        if by_steps or (self.cfg.every_minutes and dist.max_over_ranks(int(by_time), self.rm.device)):
-            self.save(reason="periodic")
+        return by_steps or bool(self.cfg.every_minutes and dist.max_over_ranks(int(by_time), self.rm.device))
 
     def estimate_seconds(self) -> float:
         """Seconds one save costs the training loop: the last one's, or from the state's size until timed."""

@@ -1,7 +1,8 @@
 """One optimizer step (accumulation, autocast, clipping, finite check) and evaluation.
 
-No I/O and no host syncs here beyond the one finite check per step: the caller decides when to
-call `.item()` (log steps only).
+No I/O and no host syncs here: the caller decides when to call `.item()` (log steps only). The finite
+check is a device flag; fused AdamW applies or skips the update on it inside its kernel (its `found_inf`,
+as a grad scaler uses it), so the step never waits for the device. Other optimizers read the flag at once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class StepStats:
     loss: torch.Tensor  # mean loss over the step's micro-batches (fp32, on device)
     grad_norm: torch.Tensor  # global norm before clipping
-    skipped: bool  # non-finite loss or gradients: the update was not applied
+    skipped: bool | torch.Tensor  # non-finite loss or gradients, the update not applied (a device flag, or a bool)
     tokens: int  # tokens this process consumed
     lr: float  # learning rate this update used
 
@@ -30,6 +31,11 @@ def autocast_context(device_type: str, precision: str) -> contextlib.AbstractCon
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Fused AdamW takes the skip decision as a device tensor (`found_inf`), so it needs no host sync."""
+    return type(optimizer) is torch.optim.AdamW and bool(optimizer.defaults.get("fused"))
 
 
 def train_step(model: torch.nn.Module, batches: Iterator[Batch], optimizer: torch.optim.Optimizer,
@@ -63,15 +69,18 @@ def train_step(model: torch.nn.Module, batches: Iterator[Batch], optimizer: torc
     params = [p for g in optimizer.param_groups for p in g["params"]]
     max_norm = grad_clip if grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    # One host sync per step: skipping a poisoned update is worth more than the overlap it costs.
-    finite = bool(torch.isfinite(total) and torch.isfinite(grad_norm))
+    nonfinite = ~(torch.isfinite(total) & torch.isfinite(grad_norm))
     if scaler is not None:
         # The scaler skips steps with inf/nan gradients and lowers its scale: its normal calibration, not
         # divergence. Only a non-finite loss counts as a skipped step.
         scaler.step(optimizer)
         scaler.update()
         skipped = not bool(torch.isfinite(total))
-    elif finite:
+    elif skips_on_device(optimizer):
+        optimizer.found_inf, optimizer.grad_scale = nonfinite.float(), None
+        optimizer.step()
+        skipped = nonfinite
+    elif not bool(nonfinite):  # a host sync: skipping a poisoned update is worth more than the overlap it costs
         optimizer.step()
         skipped = False
     else:

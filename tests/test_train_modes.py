@@ -107,9 +107,11 @@ def test_reduced_precision_trains(tmp_path: Path, cache: Path, precision: str) -
     assert (saved["scaler"] is not None) == (precision == "fp16")
 
 
-def test_divergence_skips_updates_then_fails(tmp_path: Path, cache: Path, capsys) -> None:
+@pytest.mark.parametrize("fused", ["off", "on"], ids=["host-check", "fused-device-flag"])
+def test_divergence_skips_updates_then_fails(tmp_path: Path, cache: Path, capsys, fused: str) -> None:
+    # Fused AdamW skips on a device flag that the run reads only at log steps (every step here).
     code = _run(tmp_path, cache, "optim.lr=10.0", "optim.grad_clip=0.0", "schedule.warmup_steps=0", "model.init_std=1.0",
-                "train.skip_nonfinite=2", "eval.every_steps=0")
+                "train.skip_nonfinite=2", "eval.every_steps=0", f"optim.fused='{fused}'")
     err = capsys.readouterr().err
     assert code == 1
     assert "consecutive non-finite steps" in err and "Traceback" not in err

@@ -1,0 +1,387 @@
+"""The benchmark suite: the machine's ceilings, slmtrain against a plain loop, and the rest of the pipeline.
+
+    python tools/bench.py                          # everything (about 10 minutes on 2 cores)
+    python tools/bench.py --only ceilings,train    # sections: ceilings, train, recipes, profile, fastpaths,
+                                                   #   checkpoint, prepare, generate
+    python tools/bench.py --reps 5 --json bench.json
+
+Prints a table per section and writes every figure to JSON (default runs/bench.json). Asserts nothing.
+
+- ceilings: fp32 and bf16 matmul GFLOP/s at the training shapes (tokens x width x {3,4}width and x vocab),
+  and memory bandwidth (a large copy: bytes read + written per second).
+- train: 4L/4H/d128 and 6L/8H/d256 (gpt2 shape without biases, tied head, ctx 256, batch 16, vocab 4096,
+  fp32): `slmtrain run` (the whole framework: data loader, step, logging, preemption checks) and the plain
+  loop of tools/bench_reference.py, alternating A, B, A, B in this one process, same thread count. Figures
+  per 10-step interval after the first interval (compilation and warm-up); median and spread over all.
+  MFU is model FLOPs (6 x matmul parameters incl. the head, plus attention's 6 x 2 x layers x ctx x width
+  per token) over the fp32 ceiling measured here.
+- recipes: the shipped recipes' models on their own data, tokens/s and MFU.
+- profile: where a step's time goes (torch.profiler, top ops by self CPU time), slmtrain and reference.
+- fastpaths: each fast path on and off, tokens/s side by side.
+- checkpoint / prepare / generate: save stall (sync, async) and latencies, `prepare` MB/s on
+  ../shared/data/tinystories, generation tokens/s with and without the KV cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_reference  # noqa: E402
+
+from slmtrain import cli  # noqa: E402
+from slmtrain.log import read_jsonl  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = {"4L4H-d128": (4, 4, 128), "6L8H-d256": (6, 8, 256)}
+CTX, BATCH, VOCAB, INTERVAL = 256, 16, 4096, 10
+SHARED = Path(os.environ.get("SLMTRAIN_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _spread(xs: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def _fmt(s: dict[str, float], unit: str = "", scale: float = 1.0, digits: int = 0) -> str:
+    return (f"{s['median'] * scale:,.{digits}f}{unit} [{s['min'] * scale:,.{digits}f}-{s['max'] * scale:,.{digits}f}]")
+
+
+# ------------------------------------------------------------------------------------------- ceilings
+def _time(fn, reps: int) -> float:
+    fn()
+    best = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best.append(time.perf_counter() - t0)
+    return statistics.median(best)
+
+
+def ceilings(reps: int) -> dict[str, Any]:
+    tokens = BATCH * CTX
+    shapes = [(tokens, d, m * d) for d in (128, 256) for m in (3, 4)] + [(tokens, d, VOCAB) for d in (128, 256)]
+    out: dict[str, Any] = {"shapes": {}}
+    for dtype in (torch.float32, torch.bfloat16):
+        rates = []
+        for m, k, n in shapes:
+            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            rate = 2 * m * k * n / _time(lambda: a @ b, max(3, reps)) / 1e9
+            out["shapes"][f"{m}x{k}x{n} {str(dtype)[6:]}"] = rate
+            rates.append(rate)
+        out[f"{str(dtype)[6:]}_gflops"] = max(rates)
+    x = torch.empty(64 * 2**20 // 4)  # 64 MiB, far past the caches
+    y = torch.empty_like(x)
+    out["bandwidth_gbs"] = 2 * x.numel() * 4 / _time(lambda: y.copy_(x), max(5, reps)) / 1e9
+    return out
+
+
+def print_ceilings(c: dict[str, Any]) -> None:
+    print("\n== ceilings")
+    for k, v in c["shapes"].items():
+        print(f"  matmul {k:24s} {v:8.1f} GFLOP/s")
+    print(f"  fp32 ceiling {c['float32_gflops']:.1f} GFLOP/s, bf16 ceiling {c['bfloat16_gflops']:.1f} GFLOP/s, "
+          f"memory bandwidth {c['bandwidth_gbs']:.1f} GB/s")
+
+
+# ------------------------------------------------------------------------------------------ training
+def flops_per_token(n_layer: int, d: int, vocab: int, ctx: int, mlp: int = 4) -> float:
+    """Forward + backward FLOPs per token: 6 x matmul parameters (head included) + attention scores."""
+    matmul = n_layer * (3 * d * d + d * d + 2 * mlp * d * d) + vocab * d
+    return 6 * matmul + 6 * 2 * n_layer * ctx * d
+
+
+SHAPE_RECIPE = """
+[run]
+seed = 1
+device = "cpu"
+{run}
+[data]
+source = "builtin"
+builtin_train_stories = 4000
+builtin_valid_stories = 100
+cache_dir = "{cache}"
+[tokenizer]
+vocab_size = 4096
+train_documents = 4000
+[model]
+flavour = "gpt2"
+bias = false
+n_layer = {n_layer}
+n_head = {n_head}
+n_embd = {d}
+seq_len = 256
+[train]
+batch_size = 16
+max_steps = {steps}
+[schedule]
+warmup_steps = 10
+[eval]
+every_steps = 0
+batches = 1
+samples = 0
+[checkpoint]
+every_steps = 0
+[log]
+every_steps = 10
+progress = false
+"""
+
+
+def slmtrain_rates(work: Path, name: str, n_layer: int, n_head: int, d: int, steps: int,
+                   sets: list[str]) -> dict[str, Any]:
+    """tokens/s per 10-step interval of a real `slmtrain run` (the final eval and save are not in them)."""
+    recipe = work / f"{name}.toml"
+    recipe.write_text(SHAPE_RECIPE.format(run="", cache=(work / "cache").as_posix(), n_layer=n_layer,
+                                          n_head=n_head, d=d, steps=steps))
+    run_dir = work / f"run-{name}-{time.monotonic_ns()}"
+    args = ["run", str(recipe), "--run-dir", str(run_dir)] + [a for s in sets for a in ("--set", s)]
+    code = cli.main(args)
+    if code != 0:
+        raise SystemExit(f"slmtrain run exited {code}")
+    train = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    by_step = {r["step"]: r for r in train}
+    rates = [by_step[s]["tokens_per_s"] for s in range(2 * INTERVAL, steps + 1, INTERVAL) if s in by_step]
+    first = by_step.get(INTERVAL, by_step[min(by_step)])
+    return {"rates": rates, "first_interval_tokens_per_s": first["tokens_per_s"]}
+
+
+def reference_rates(data: np.ndarray, n_layer: int, n_head: int, d: int, steps: int) -> dict[str, Any]:
+    times = bench_reference.train(data, vocab=VOCAB, ctx=CTX, n_layer=n_layer, n_head=n_head, d=d, batch=BATCH,
+                                  steps=steps, log_every=INTERVAL)
+    tokens = BATCH * CTX * INTERVAL
+    rates = [tokens / sum(times[i:i + INTERVAL]) for i in range(INTERVAL, steps - INTERVAL + 1, INTERVAL)]
+    return {"rates": rates}
+
+
+def _train_data(work: Path) -> np.ndarray:
+    """The builtin corpus tokenized with the same 4096 BPE, as the reference loop's memmap."""
+    from slmtrain import config
+    from slmtrain.data.prepare import open_tokens, prepare_data
+
+    recipe = SHAPE_RECIPE.format(run="", cache=(work / "cache").as_posix(), n_layer=1, n_head=1, d=8, steps=1)
+    prepared = prepare_data(config.loads(recipe), log=lambda _m: None)
+    return open_tokens(prepared.train_path)
+
+
+def train_section(work: Path, reps: int, steps: int, sets: list[str], ceiling: float | None) -> dict[str, Any]:
+    data = _train_data(work)
+    out: dict[str, Any] = {}
+    for name, (n_layer, n_head, d) in SHAPES.items():
+        slm, ref, ratios = [], [], []
+        for rep in range(reps):  # A, B, A, B: drift on a shared machine hits both alike
+            a = slmtrain_rates(work, name, n_layer, n_head, d, steps, sets)["rates"]
+            b = reference_rates(data, n_layer, n_head, d, steps)["rates"]
+            slm += a
+            ref += b
+            ratios.append(statistics.median(a) / statistics.median(b))
+        fpt = flops_per_token(n_layer, d, VOCAB, CTX)
+        row = {"slmtrain": _spread(slm), "reference": _spread(ref), "ratio": _spread(ratios),
+               "flops_per_token": fpt}
+        if ceiling:
+            row["mfu_slmtrain"] = statistics.median(slm) * fpt / (ceiling * 1e9)
+            row["mfu_reference"] = statistics.median(ref) * fpt / (ceiling * 1e9)
+        out[name] = row
+    return out
+
+
+def print_train(t: dict[str, Any], title: str = "train: slmtrain vs the plain reference loop") -> None:
+    print(f"\n== {title} (tokens/s per 10-step interval: median [min-max])")
+    for name, r in t.items():
+        ms = {k: 1000 * BATCH * CTX / r[k]["median"] for k in ("slmtrain", "reference")}
+        mfu = (f" | MFU {100 * r['mfu_slmtrain']:.0f}% vs {100 * r['mfu_reference']:.0f}%"
+               if "mfu_slmtrain" in r else "")
+        print(f"  {name}: slmtrain {_fmt(r['slmtrain'])} ({ms['slmtrain']:.0f} ms/step) | reference "
+              f"{_fmt(r['reference'])} ({ms['reference']:.0f} ms/step) | ratio {_fmt(r['ratio'], 'x', digits=2)}{mfu}")
+
+
+# ------------------------------------------------------------------------------------------- profile
+def _profile(fn, top: int = 8) -> list[tuple[str, float]]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    return [(e.key, e.self_cpu_time_total / total) for e in events[:top]]
+
+
+def profile_section(work: Path, sets: list[str]) -> dict[str, Any]:
+    data = _train_data(work)
+    out = {}
+    for name, (n_layer, n_head, d) in SHAPES.items():
+        out[name] = {
+            "slmtrain": _profile(lambda: slmtrain_rates(work, name, n_layer, n_head, d, 10, sets)),
+            "reference": _profile(lambda: reference_rates(data, n_layer, n_head, d, 10)),
+        }
+    return out
+
+
+def print_profile(p: dict[str, Any]) -> None:
+    print("\n== profile: share of self CPU time, top ops (10 steps, start-up included for slmtrain)")
+    for name, sides in p.items():
+        for side, ops in sides.items():
+            print(f"  {name} {side}: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in ops))
+
+
+# ---------------------------------------------------------------------------------- recipes, rest
+def recipes_section(work: Path, ceiling: float | None, steps: int) -> dict[str, Any]:
+    from slmtrain import config
+
+    out = {}
+    env_ok = (SHARED / "tinystories" / "train.txt").exists()
+    for recipe in ("quickstart", "tinystories"):
+        if recipe == "tinystories" and not env_ok:
+            out[recipe] = {"skipped": f"no TinyStories files under {SHARED}"}
+            continue
+        os.environ.setdefault("SLMTRAIN_DATA", str(SHARED))
+        path = REPO / "recipes" / f"{recipe}.toml"
+        run_dir = work / f"recipe-{recipe}"
+        sets = [f"train.max_steps={steps}", "train.max_minutes=0", "eval.every_steps=0", "checkpoint.every_steps=0",
+                "log.every_steps=10", "log.progress=false", "eval.samples=0"]
+        assert cli.main(["run", str(path), "--run-dir", str(run_dir)] + [a for s in sets for a in ("--set", s)]) == 0
+        cfg = config.load(run_dir / "recipe.toml")
+        train = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train" and r["step"] > INTERVAL]
+        rates = [r["tokens_per_s"] for r in train if r["step"] % INTERVAL == 0]
+        m = cfg.model
+        mlp = 3 * (2 / 3) if m.flavour == "llama" else 4  # SwiGLU's three matrices at 2/3 width
+        fpt = flops_per_token(m.n_layer, m.n_embd, m.vocab_size, m.seq_len, mlp=int(round(mlp * 2)) / 2)
+        row = {"tokens_per_s": _spread(rates), "flops_per_token": fpt}
+        if ceiling:
+            row["mfu"] = statistics.median(rates) * fpt / (ceiling * 1e9)
+        out[recipe] = row
+    return out
+
+
+def print_recipes(r: dict[str, Any]) -> None:
+    print("\n== shipped recipes (model and data of each recipe)")
+    for name, row in r.items():
+        if "skipped" in row:
+            print(f"  {name}: skipped ({row['skipped']})")
+            continue
+        mfu = f", MFU {100 * row['mfu']:.0f}%" if "mfu" in row else ""
+        print(f"  {name}: {_fmt(row['tokens_per_s'])} tokens/s{mfu}")
+
+
+def generate_section(reps: int) -> dict[str, Any]:
+    import bench_generate
+    from slmtrain.config import ModelConfig
+    from slmtrain.model import GPT
+
+    out = {}
+    prompt = [1, 17, 256, 3000, 42, 7, 99, 1024]
+    for flavour in ("gpt2", "llama"):
+        torch.manual_seed(0)
+        model = GPT(ModelConfig(flavour=flavour, n_layer=5, n_head=6, n_embd=192, seq_len=256, vocab_size=4096)).eval()
+        out[flavour] = {"params": model.num_params(),
+                        "cache": bench_generate.tokens_per_s(model, prompt, 200, True, reps),
+                        "no_cache": bench_generate.tokens_per_s(model, prompt, 200, False, reps)}
+    return out
+
+
+def prepare_section(work: Path) -> dict[str, Any]:
+    import bench_train
+
+    text = SHARED / "tinystories" / "train.txt"
+    if not text.exists():
+        return {"skipped": f"no {text}"}
+    out = {"gpt2": bench_train.bench_prepare(text, SHARED / "gpt2", work / "prep-gpt2")}
+    if hasattr(bench_train, "bench_prepare_bpe"):
+        out["bpe"] = bench_train.bench_prepare_bpe(text, work / "prep-bpe")
+    return out
+
+
+def checkpoint_section(work: Path) -> dict[str, Any]:
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_checkpoint.py")], capture_output=True,
+                          text=True, cwd=work)
+    return {"report": proc.stdout.strip(), "exit_code": proc.returncode}
+
+
+SECTIONS = ("ceilings", "train", "recipes", "profile", "fastpaths", "checkpoint", "prepare", "generate")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    p.add_argument("--reps", type=int, default=3, help="alternating repetitions per comparison")
+    p.add_argument("--steps", type=int, default=50, help="training steps per measured run")
+    p.add_argument("--set", dest="sets", action="append", default=[], help="extra --set for the slmtrain runs")
+    p.add_argument("--json", default=str(REPO / "runs" / "bench.json"))
+    args = p.parse_args()
+    only = set(args.only.split(","))
+    if unknown := only - set(SECTIONS):
+        p.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    results: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                               "cpus": os.cpu_count()}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(d)
+        ceiling = None
+        if "ceilings" in only or "train" in only or "recipes" in only:
+            results["ceilings"] = ceilings(args.reps)
+            ceiling = results["ceilings"]["float32_gflops"]
+            print_ceilings(results["ceilings"])
+        if "train" in only:
+            results["train"] = train_section(work, args.reps, args.steps, args.sets, ceiling)
+            print_train(results["train"])
+        if "fastpaths" in only:
+            results["fastpaths"] = fastpaths_section(work, args.reps, args.steps)
+            print_fastpaths(results["fastpaths"])
+        if "recipes" in only:
+            results["recipes"] = recipes_section(work, ceiling, args.steps)
+            print_recipes(results["recipes"])
+        if "profile" in only:
+            results["profile"] = profile_section(work, args.sets)
+            print_profile(results["profile"])
+        if "prepare" in only:
+            results["prepare"] = prepare_section(work)
+            print("\n== prepare\n  " + json.dumps(results["prepare"]))
+        if "generate" in only:
+            results["generate"] = generate_section(args.reps)
+            print("\n== generate (greedy, 200 new tokens, best of reps)")
+            for k, v in results["generate"].items():
+                print(f"  {k}: {v['cache']:.0f} tokens/s with the KV cache, {v['no_cache']:.0f} without")
+        if "checkpoint" in only:
+            results["checkpoint"] = checkpoint_section(work)
+            print("\n== checkpoint\n" + results["checkpoint"]["report"])
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=1))
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+FASTPATHS: dict[str, tuple[list[str], list[str]]] = {}
+
+
+def fastpaths_section(work: Path, reps: int, steps: int) -> dict[str, Any]:
+    out = {}
+    n_layer, n_head, d = SHAPES["4L4H-d128"]
+    for name, (on, off) in FASTPATHS.items():
+        a, b = [], []
+        for _ in range(reps):
+            a += slmtrain_rates(work, f"fp-{name}", n_layer, n_head, d, steps, on)["rates"]
+            b += slmtrain_rates(work, f"fp-{name}", n_layer, n_head, d, steps, off)["rates"]
+        out[name] = {"on": _spread(a), "off": _spread(b), "gain": statistics.median(a) / statistics.median(b)}
+    return out
+
+
+def print_fastpaths(f: dict[str, Any]) -> None:
+    print("\n== fast paths at 4L4H-d128 (tokens/s, on vs off)")
+    for name, r in f.items():
+        print(f"  {name}: on {_fmt(r['on'])} | off {_fmt(r['off'])} | {r['gain']:.2f}x")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
