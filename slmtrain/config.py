@@ -87,6 +87,8 @@ class ModelConfig:
     relu2: bool = _f(False, "ReLU squared in the MLP in place of GELU (gpt2) or SiLU in the gate (llama).")
     zero_init: bool = _f(False, "Zero-initialise the residual projections (attention and MLP c_proj) and an untied head.")
     logit_softcap: float = _f(0.0, "Soft-cap the logits at this value, cap * tanh(logits / cap) (0: off).", lo=0.0)
+    init_from: str = _f("", "Start from these weights instead of a random init: hf:DIR (a transformers model "
+                            "directory) or a checkpoint / run directory. Empty: random init.")
 
 
 @dataclass(frozen=True)

@@ -174,6 +174,11 @@ class RunManager:
             fsio.atomic_write_text(self.run_dir / "recipe.toml", config_mod.to_toml(cfg))
         seed_everything(cfg.run.seed)
         self.model = GPT(cfg.model).to(self.device)
+        if cfg.model.init_from and not self.resume:  # a resume loads the checkpoint's weights instead
+            from slmtrain.export import load_init_weights
+
+            load_init_weights(cfg.model.init_from, self.model, tok.eos_id)
+            self.console.info(f"initial weights from {cfg.model.init_from}")
         # FSDP2 replaces the parameters with sharded ones in place: wrap before the optimizer sees them.
         self.parallel_model = dist.wrap_model(self.model, self.info, self.device, cfg.parallel.strategy)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)
@@ -352,6 +357,10 @@ class RunManager:
                           f"step, evaluation {eval_s:.2f}s, save ~{save_s:.2f}s); the schedule reaches its floor at "
                           f"step {self.total_steps}. The same run without a budget: --set train.max_minutes=0 "
                           f"--set train.max_steps={self.total_steps}")
+        if self.total_steps <= cfg.schedule.warmup_steps:
+            self.console.info(f"warning: the budget fits {self.total_steps} steps, no more than schedule.warmup_steps "
+                              f"= {cfg.schedule.warmup_steps}: the LR never leaves its warmup. Lower "
+                              f"schedule.warmup_steps (or the model's size) so the schedule can reach its floor.")
         t0 = time.monotonic()
         self._settle_skips()
         self.saver.save(reason="budget")

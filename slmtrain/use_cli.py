@@ -41,7 +41,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Load a checkpoint's weights (on CPU unless --device says otherwise) and stream "
                        "a continuation of the prompt to stdout; greedy at temperature 0. Diagnostics go to stderr.")
     p.add_argument("path", help="a checkpoint directory, or a run directory (its newest sound checkpoint)")
-    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--prompt", default="", help="text to continue (default: none, a story from the start-of-text "
+                   "token)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
@@ -49,6 +50,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed for sampling (default: random)")
     p.add_argument("--num-samples", type=int, default=1, help="samples, separated by a blank line")
     p.add_argument("--device", default="cpu", choices=("cpu", "auto"), help="cpu (default) or auto (GPU if any)")
+
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model directory or safetensors",
+                       description="Export a checkpoint (or a run directory's newest sound one). --format hf "
+                       "(default) writes config.json, model.safetensors, generation_config.json, the tokenizer "
+                       "files and a README.md model card that transformers' AutoModelForCausalLM and "
+                       "AutoTokenizer load offline (gpt2 flavour: GPT2LMHeadModel; llama: LlamaForCausalLM; "
+                       "llama + QK-norm: Qwen3ForCausalLM). --format safetensors writes the bare weights in "
+                       "slmtrain's names plus its config.json. OUT_DIR must not exist or be empty; it is written "
+                       "in a temporary directory and renamed into place.")
+    p.add_argument("path", help="a checkpoint directory, or a run directory (its newest sound checkpoint)")
+    p.add_argument("out_dir", help="the directory to create")
+    p.add_argument("--format", default="hf", choices=("hf", "safetensors"))
 
     p = sub.add_parser("eval", help="validation loss, perplexity and bits per byte of a checkpoint",
                        description="Evaluate a checkpoint on its run's validation split (rebuilt from the saved "
@@ -62,6 +75,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=0, help="windows per batch (0: the recipe's)")
     p.add_argument("--device", default="cpu", choices=("cpu", "auto"))
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from slmtrain.export import export
+
+    started = time.perf_counter()
+    out = export(args.path, args.out_dir, args.format, log=_err)
+    size = sum(f.stat().st_size for f in Path(out).iterdir())
+    _err(f"{out}: {size / 1e6:.1f} MB in {time.perf_counter() - started:.2f}s")
+    return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -99,6 +122,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     model, cfg, tok = load_model(ckpt, device)
     ids = tok.encode(args.prompt)
+    # No prompt: start from the start-of-text token (EOS separates documents, so it also starts one), unprinted.
+    feed = ids or [tok.eos_id]
     gen = torch.Generator(device=device)
     if args.seed is None:
         gen.seed()
@@ -106,7 +131,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         gen.manual_seed(args.seed)
     for i in range(args.num_samples):
         try:
-            stream = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+            stream = generate(model, feed, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, eos_id=tok.eos_id, generator=gen)
         except ValueError as e:
             raise UserError(f"cannot generate: {e}. Fix the option (e.g. --temperature 0 for greedy, --top-p in "
@@ -170,5 +195,5 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "verify": _cmd_verify, "generate": _cmd_generate, "eval": _cmd_eval,
+    "verify": _cmd_verify, "generate": _cmd_generate, "eval": _cmd_eval, "export": _cmd_export,
 }

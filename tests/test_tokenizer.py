@@ -125,3 +125,19 @@ def test_bpe_needs_documents_and_json_must_parse() -> None:
         build_tokenizer(TokenizerConfig(kind="bpe"), [])
     with pytest.raises(DataError, match="not a valid tokenizer"):
         Tokenizer.from_json('{"model": 3}')
+
+
+def test_gpt2_fast_encoder_gives_the_same_ids_on_real_tinystories(gpt2: Tokenizer, shared_data: Path) -> None:
+    import tiktoken  # noqa: F401 - a declared dependency: a missing one must fail here, not skip
+
+    from slmtrain.data.tokenizer import Tokenizer as Tok
+
+    assert gpt2._tiktoken is not None  # GPT-2's files take the fast path
+    text = (shared_data / "tinystories" / "valid.txt").read_text(encoding="utf-8")
+    docs = [d.strip() for d in text.split("<|endoftext|>") if d.strip()]
+    docs += ["  two  spaces\n\n\nnewlines\t tabs  ", "I'm sure they'll've 1,234.5 — “quoted” 😀 ünïcödé",
+             "a <|endoftext|> inside", "'S 'LL 'Re", " ", "", "\u00a0\u3000x"]
+    plain = Tok.from_json(gpt2.to_json())  # the same vocabulary through `tokenizers` alone
+    assert plain._tiktoken is None
+    assert gpt2.encode_batch(docs) == plain.encode_batch(docs)
+    assert len(docs) > 1000

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import orjson
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
@@ -27,6 +28,17 @@ EOS_TOKEN = "<|endoftext|>"
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
+# GPT-2's pre-tokenizer, as the ByteLevel pre-tokenizer of `tokenizers` applies it.
+_GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def _byte_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from the 256 bytes to printable characters (byte-level BPE vocabularies)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    extra = iter(range(256, 512))
+    return {b: chr(b) if b in printable else chr(next(extra)) for b in range(256)}
+
+
 def expand_path(path: str) -> Path:
     """`~` and `$VARS` expanded; relative paths stay relative to the working directory."""
     return Path(os.path.expandvars(os.path.expanduser(path)))
@@ -38,18 +50,21 @@ class Tokenizer:
     Args:
         inner: the `tokenizers.Tokenizer`; it must know `<|endoftext|>`.
         source: where it came from, for error messages.
+        rank_bpe: the BPE is GPT-2's, whose merges follow token ids (OpenAI's rank-based algorithm gives
+            the same ids), so `encode_batch` may use tiktoken's faster encoder when it is installed.
 
     Raises:
         DataError: the tokenizer has no `<|endoftext|>` token.
     """
 
-    def __init__(self, inner: _RustTokenizer, source: str = "tokenizer") -> None:
+    def __init__(self, inner: _RustTokenizer, source: str = "tokenizer", rank_bpe: bool = False) -> None:
         eos = inner.token_to_id(EOS_TOKEN)
         if eos is None:
             raise DataError(f"{source}: the tokenizer has no {EOS_TOKEN!r} token, which slmtrain uses to separate "
                             f"documents. Use a GPT-2 style tokenizer or tokenizer.kind = \"bpe\".")
         self._tk = inner
         self._eos = int(eos)
+        self._rank_bpe = rank_bpe
 
     @property
     def eos_id(self) -> int:
@@ -65,9 +80,29 @@ class Tokenizer:
         return self._tk.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """`encode` for many texts at once, spread over the Rust thread pool."""
+        """`encode` for many texts at once, on every core (tiktoken for GPT-2's BPE when installed)."""
+        if self._tiktoken is not None:
+            return self._tiktoken.encode_batch(list(texts), num_threads=os.cpu_count() or 1,
+                                               allowed_special={EOS_TOKEN})
         # The "fast" variant skips offset tracking, which nothing here needs (~20% faster).
         return [e.ids for e in self._tk.encode_batch_fast(list(texts), add_special_tokens=False)]
+
+    @cached_property
+    def _tiktoken(self) -> Any:
+        """tiktoken's encoder over the same ranks, for a GPT-2 BPE (None otherwise or without tiktoken)."""
+        if not self._rank_bpe:
+            return None
+        try:
+            import tiktoken
+        except ImportError:
+            return None
+        model = orjson.loads(self._tk.to_str())["model"]
+        if model.get("type") != "BPE" or model.get("ignore_merges"):
+            return None
+        to_byte = {c: b for b, c in _byte_unicode().items()}
+        ranks = {bytes(to_byte[c] for c in token): i for token, i in model["vocab"].items()}
+        return tiktoken.Encoding(name="gpt2-local", pat_str=_GPT2_PATTERN, mergeable_ranks=ranks,
+                                 special_tokens={EOS_TOKEN: self._eos})
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`; special tokens are kept so EOS shows up as `<|endoftext|>`."""
@@ -147,7 +182,7 @@ def _load_gpt2(cfg: TokenizerConfig) -> Tokenizer:
                             f"BPE files ({e}). Replace them with the original vocab.json and merges.txt.") from None
         inner = _byte_level(_RustTokenizer(bpe))
         inner.add_special_tokens([AddedToken(EOS_TOKEN, special=True)])
-        return Tokenizer(inner, source=f"tokenizer.path = {cfg.path!r}")
+        return Tokenizer(inner, source=f"tokenizer.path = {cfg.path!r}", rank_bpe=True)
     if not _HUB_NAME.fullmatch(cfg.path):
         raise DataError(f"tokenizer.path = {cfg.path!r}: {str(path)!r} does not exist. Point it at a directory "
                         f"holding vocab.json + merges.txt (or tokenizer.json) of the GPT-2 tokenizer.")
