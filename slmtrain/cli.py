@@ -60,27 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from slmtrain import config
-    from slmtrain.run import RunManager, resolve_run_dir
+    import slmtrain
 
-    cfg = config.load(args.recipe, args.overrides)
-    run_dir = resolve_run_dir(cfg, args.run_dir)
     # With --resume the given recipe is what continues the run: a change to it outside the keys that may
     # change on resume is refused against the checkpoint, never silently ignored.
-    resume = bool(args.resume) and (run_dir / "run.json").exists()
-    return RunManager(cfg, run_dir, resume=resume).execute()
+    return slmtrain.train(slmtrain.load_recipe(args.recipe, args.overrides), args.run_dir, resume=bool(args.resume))
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from slmtrain import config
-    from slmtrain.run import RunManager
+    import slmtrain
 
-    run_dir = Path(args.run_dir)
-    recipe = run_dir / "recipe.toml"
-    if not recipe.exists():
-        raise UserError(f"{run_dir} is not a run directory (no recipe.toml): pass the directory a `slmtrain run` "
-                        f"created, e.g. runs/quickstart")
-    return RunManager(config.load(recipe, args.overrides), run_dir, resume=True).execute()
+    return slmtrain.resume(args.run_dir, args.overrides)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:

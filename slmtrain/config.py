@@ -175,6 +175,8 @@ class CheckpointConfig:
 class LogConfig:
     every_steps: int = _f(10, "Write a train line to metrics.jsonl every N steps.", lo=1)
     progress: bool = _f(True, "Show the live progress line on the console.")
+    curves: bool = _f(True, "Redraw RUN_DIR/curves.png after every evaluation (in the background).")
+    tensorboard: bool = _f(False, "Also write TensorBoard event files to RUN_DIR/tensorboard (needs tensorboard).")
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ RESUME_SAFE_KEYS = frozenset({
     "run.name", "run.out_dir", "data.loader_workers", "data.prepare_workers", "data.cache_dir",
     "train.max_steps", "train.max_tokens", "train.max_minutes", "train.budget_probe_steps", "train.budget_overrun", "train.fit_budget",
     "train.skip_nonfinite",
-    "log.every_steps", "log.progress",
+    "log.every_steps", "log.progress", "log.curves", "log.tensorboard",
     "eval.every_steps", "eval.batches", "eval.samples", "eval.sample_tokens", "eval.prompts",
     "eval.temperature", "eval.top_k",
     "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_last", "checkpoint.keep_best",

@@ -22,8 +22,9 @@ from slmtrain.data.stream import build_train_loader, eval_batches
 from slmtrain.errors import CheckpointError, RunLockedError, SlmError, UserError
 from slmtrain.generate import generate
 from slmtrain.lock import RunLock
-from slmtrain.log import Console, MetricsWriter, fmt_count, fmt_duration, read_jsonl
+from slmtrain.log import Console, MetricsWriter, TensorBoard, fmt_count, fmt_duration, read_jsonl
 from slmtrain.model import GPT
+from slmtrain.plot import CurvesRefresher
 from slmtrain.optim import build_optimizer, build_scheduler, fit_steps, set_total_steps
 from slmtrain.preempt import EXIT_ABORTED, EXIT_PREEMPTED, NoticePoller, PreemptionFlag
 from slmtrain.saving import Saver, restore
@@ -99,6 +100,11 @@ class RunManager:
                                       f"(last: {poller.last_error})")
             self.flag.uninstall()
             self._close_saver()
+            curves = getattr(self, "curves", None)
+            if curves is not None:
+                curves.close()
+                if curves.error:
+                    self.console.info(f"curves.png could not be drawn: {curves.error}")
             if lock is not None:
                 lock.release()
             dist.shutdown()
@@ -223,8 +229,11 @@ class RunManager:
                 self.total_steps = st["planned_steps"]
                 set_total_steps(self.scheduler, self.total_steps)
         # Opened after a resume has cut the lost attempt's tail from the files, never before.
-        self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl", enabled=self.info.is_main)
-        self.samples = MetricsWriter(self.run_dir / "samples.jsonl", enabled=self.info.is_main)
+        main = self.info.is_main
+        tb = TensorBoard.open(self.run_dir / "tensorboard", self.console) if main and cfg.log.tensorboard else None
+        self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl", enabled=main, mirror=tb)
+        self.samples = MetricsWriter(self.run_dir / "samples.jsonl", enabled=main, mirror=tb)
+        self.curves = CurvesRefresher(self.run_dir) if main and cfg.log.curves else None
         if self.resume:
             if resumed_from is not None:
                 self.metrics.write("event", event="resume", step=st["step"], checkpoint=resumed_from.name)
@@ -444,6 +453,8 @@ class RunManager:
             prompt = cfg.eval.prompts[i % len(cfg.eval.prompts)]
             text = self.sample(prompt, seed=cfg.run.seed + 1000 * st["step"] + i)
             self.samples.write("sample", step=st["step"], prompt=prompt, text=text)
+        if self.curves is not None:
+            self.curves.request()
 
     def sample(self, prompt: str, seed: int) -> str:
         """One generation with the eval settings, from its own RNG so training randomness is untouched."""

@@ -73,6 +73,20 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _export_readiness(run_dir: Path) -> str:
+    from slmtrain import config, hflayout
+    from slmtrain.errors import UserError
+
+    try:
+        m = config.load(run_dir / "recipe.toml").model
+    except UserError as e:
+        return f"unknown (recipe.toml: {e})"
+    arch = hflayout.architecture(m)
+    if arch is None:
+        return f"{m.flavour} flavour, no transformers class: {hflayout.refusal(m)}"
+    return f"{m.flavour} flavour -> transformers {arch} (slmtrain export RUN OUT_DIR)"
+
+
 def status_report(run_dir: Path) -> str:
     """Human summary: status, attempts, checkpoints (sound or not) and the last metrics."""
     data = read(run_dir)
@@ -84,6 +98,9 @@ def status_report(run_dir: Path) -> str:
         for i, a in enumerate(data.get("attempts", []), 1):
             lines.append(f"    #{i} {a.get('kind', '?'):6s} pid {a.get('pid')} start {_when(a.get('start'))} "
                          f"end {_when(a.get('end'))} exit {a.get('exit_code')} ({a.get('reason')})")
+        if data.get("planned_steps"):
+            lines.append(f"  steps fitted to the time budget: {data['planned_steps']}")
+    lines.append(f"  export: {_export_readiness(run_dir)}")
     ckpts = list_checkpoints(run_dir / "checkpoints")
     lines.append(f"  checkpoints: {len(ckpts)}")
     for c in ckpts:

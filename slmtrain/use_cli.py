@@ -63,6 +63,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out_dir", help="the directory to create")
     p.add_argument("--format", default="hf", choices=("hf", "safetensors"))
 
+    p = sub.add_parser("plot", help="draw loss, bits per byte, LR and tokens/s curves of one or more runs",
+                       description="Read the runs' metrics.jsonl and write one PNG with four panels (training and "
+                       "validation loss, validation bits per byte, learning rate, tokens/s), one line per run, "
+                       "with a legend. Headless: no display needed.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("-o", "--output", default="curves.png", help="the PNG to write (default: ./curves.png)")
+    p.add_argument("--x", default="steps", choices=("steps", "tokens", "time"), help="the x axis")
+
     p = sub.add_parser("eval", help="validation loss, perplexity and bits per byte of a checkpoint",
                        description="Evaluate a checkpoint on its run's validation split (rebuilt from the saved "
                        "recipe, reusing the prepared-data cache) or on a text/jsonl/parquet file, in consecutive "
@@ -75,6 +83,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=0, help="windows per batch (0: the recipe's)")
     p.add_argument("--device", default="cpu", choices=("cpu", "auto"))
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from slmtrain.plot import plot
+
+    out = plot(args.run_dirs, args.output, args.x)
+    _err(f"wrote {out} ({len(args.run_dirs)} run{'s' if len(args.run_dirs) > 1 else ''}, x: {args.x})")
+    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -196,4 +212,5 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "verify": _cmd_verify, "generate": _cmd_generate, "eval": _cmd_eval, "export": _cmd_export,
+    "plot": _cmd_plot,
 }
