@@ -95,7 +95,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _paragraph(msg: str) -> str:
-    return textwrap.fill(" ".join(msg.split()), width=100, subsequent_indent="  ")
+    # Paths stay whole, so they can be copied from the message.
+    return textwrap.fill(" ".join(msg.split()), width=100, subsequent_indent="  ", break_on_hyphens=False,
+                         break_long_words=False)
 
 
 def main(argv: list[str] | None = None) -> int:

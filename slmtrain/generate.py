@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,7 +43,7 @@ class _Decoder:
     fills up (and positions slide: the model sees a window, not the true start of the text).
     """
 
-    def __init__(self, model: GPT, prompt_ids: list[int], use_cache: bool) -> None:
+    def __init__(self, model: GPT, prompt_ids: list[int], use_cache: bool, compiled: bool = False) -> None:
         seq_len, vocab = model.cfg.seq_len, model.cfg.vocab_size
         if not prompt_ids:
             raise ValueError("the prompt is empty: give at least one token id (e.g. the EOS id as a start token)")
@@ -53,6 +55,9 @@ class _Decoder:
         self.ids = list(prompt_ids[-seq_len:])
         self.cache = model.new_cache(1) if use_cache else None
         self.pending = list(self.ids)  # tokens the cache has not seen yet
+        # Single tokens after the prompt go through the fixed-shape decode step (compiled on request).
+        self.step = _compiled_step(model) if compiled else model.decode_step
+        self.token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
 
     @property
     def full(self) -> bool:
@@ -61,6 +66,14 @@ class _Decoder:
 
     def next_logits(self) -> Tensor:
         """fp32 logits (vocab_size,) for the token after `ids`."""
+        if self.cache is not None and len(self.pending) == 1 and self.cache.length > 0:
+            self.token.fill_(self.pending[0])
+            pos = torch.tensor(self.cache.length, device=self.device)
+            with _eval_mode(self.model):
+                logits = self.step(self.token, pos, self.cache)
+            self.cache.length += 1
+            self.pending = []
+            return logits[0].float()
         feed = self.pending if self.cache is not None else self.ids[-self.model.cfg.seq_len:]
         idx = torch.tensor([feed], dtype=torch.long, device=self.device)
         with _eval_mode(self.model):
@@ -71,6 +84,16 @@ class _Decoder:
     def push(self, token: int) -> None:
         self.ids.append(token)
         self.pending.append(token)
+
+
+_COMPILED: weakref.WeakKeyDictionary[GPT, Any] = weakref.WeakKeyDictionary()
+
+
+def _compiled_step(model: GPT) -> Any:
+    """`model.decode_step` through torch.compile, compiled once per model (its shapes never change)."""
+    if model not in _COMPILED:
+        _COMPILED[model] = torch.compile(model.decode_step, dynamic=False, fullgraph=True)
+    return _COMPILED[model]
 
 
 def _filter(logits: Tensor, top_k: int, top_p: float) -> Tensor:
@@ -89,7 +112,8 @@ def _filter(logits: Tensor, top_k: int, top_p: float) -> Tensor:
 
 def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
-             generator: torch.Generator | None = None, use_cache: bool = True) -> Iterator[int]:
+             generator: torch.Generator | None = None, use_cache: bool = True,
+             compiled: bool = False) -> Iterator[int]:
     """Stream new token ids one at a time after `prompt_ids`.
 
     Greedy (argmax) when temperature is 0, otherwise sampling from softmax(logits / temperature)
@@ -113,6 +137,8 @@ def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, *, temperat
         eos_id: stop when this token is produced (it is not yielded).
         generator: RNG for sampling; on another device than the model, sampling happens there.
         use_cache: decode with a KV cache (the fast path).
+        compiled: with the cache, run each single-token step through `torch.compile` (compiled on the first
+            call for this model, which takes seconds; pays off for long or many generations).
 
     Raises:
         ValueError: a negative max_new_tokens or top_k, a negative or non-finite temperature, top_p
@@ -126,7 +152,7 @@ def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, *, temperat
         raise ValueError(f"top_k must be >= 0 (0: off), got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] (1: off), got {top_p}")
-    decoder = _Decoder(model, prompt_ids, use_cache)
+    decoder = _Decoder(model, prompt_ids, use_cache, compiled)
     return _stream(decoder, max_new_tokens, temperature, top_k, top_p, eos_id, generator)
 
 

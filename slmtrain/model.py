@@ -94,15 +94,32 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
+    def _qkv(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys, values (B, n_head, T, head_dim), normed and rotated."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k, v
+
+    def decode(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache, layer: int, pos: Tensor,
+               visible: Tensor) -> Tensor:
+        """One new position `pos` (a 0-d tensor) per sequence, attending over the whole preallocated cache
+        with `visible` masking the positions not written yet: every shape is fixed, so a compiled decode
+        step is compiled once."""
+        B, T, C = x.shape
+        q, k, v = self._qkv(x, rope)
+        cache.k[layer].index_copy_(2, pos.view(1), k.to(cache.k[layer].dtype))
+        cache.v[layer].index_copy_(2, pos.view(1), v.to(cache.v[layer].dtype))
+        y = F.scaled_dot_product_attention(q, cache.k[layer].to(q.dtype), cache.v[layer].to(q.dtype), attn_mask=visible)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self._qkv(x, rope)
         past = 0 if cache is None else cache.length
         mask = None
         if cache is not None:
@@ -165,6 +182,11 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
         x = x + self.attn(self.ln_1(x), rope, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+    def decode(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache, layer: int, pos: Tensor,
+               visible: Tensor) -> Tensor:
+        x = x + self.attn.decode(self.ln_1(x), rope, cache, layer, pos, visible)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -274,6 +296,28 @@ class GPT(nn.Module):
             # fp32 so the loss (and its gradient) does not lose precision under bf16/fp16 autocast.
             loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=-1)
         return logits, loss
+
+    def decode_step(self, token: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
+        """Logits (B, vocab_size) of the position after `token` (B, 1), which sits at position `pos` (a 0-d
+        long tensor); writes its keys and values at `pos` of every layer of `cache` and does not touch
+        `cache.length` (the caller tracks the position). Fixed shapes throughout, for `torch.compile`.
+        """
+        x = self.wte(token)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(pos.view(1))
+        else:
+            hd = self.cfg.n_embd // self.cfg.n_head
+            inv_freq = self.cfg.rope_theta ** (-torch.arange(0, hd, 2, device=token.device, dtype=torch.float32) / hd)
+            angles = pos.float().view(1, 1) * inv_freq
+            rope = angles.cos(), angles.sin()
+        visible = (torch.arange(cache.seq_len, device=token.device) <= pos).view(1, -1)
+        for layer, block in enumerate(self.h):
+            x = block.decode(x, rope, cache, layer, pos, visible)
+        logits = F.linear(self.ln_f(x[:, -1]), self.output_weight)
+        if self.cfg.logit_softcap:
+            logits = self.cfg.logit_softcap * torch.tanh(logits / self.cfg.logit_softcap)
+        return logits
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count, a shared (tied) tensor counted once.

@@ -7,6 +7,7 @@ failed write, stop or keep training and retry at the next interval.
 
 from __future__ import annotations
 
+import errno
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ import safetensors.torch
 import torch
 
 from slmtrain import config as config_mod
-from slmtrain import dist, fsio, runinfo
+from slmtrain import diskspace, dist, fsio, runinfo
 from slmtrain.asyncsave import AsyncSaver, snapshot
 from slmtrain.checkpoint import load_app_state, prune, read_meta, read_rank_state, save_checkpoint
 from slmtrain.errors import CheckpointError, SlmError, UserError
@@ -55,6 +56,7 @@ class Saver:
         self.last_time = time.monotonic()
         self.last_path: Path | None = None
         self.last_seconds: float | None = None
+        self.last_bytes: int | None = None
 
     # ------------------------------------------------------------------------------------ policy
     def periodic_due(self) -> bool:
@@ -66,6 +68,15 @@ class Saver:
         by_time = bool(self.cfg.every_minutes) and time.monotonic() - self.last_time >= self.cfg.every_minutes * 60
         # Ranks must agree: a wall-clock trigger can fire on one rank and not another.
         return by_steps or bool(self.cfg.every_minutes and dist.max_over_ranks(int(by_time), self.rm.device))
+
+    def expected_bytes(self) -> int:
+        """What the next checkpoint will take on disk: the last one's size, or weights + optimizer state."""
+        if self.last_bytes is not None:
+            return self.last_bytes
+        weights = sum(p.numel() * p.element_size() for p in self.rm.model.parameters())
+        state = sum(t.numel() * t.element_size() for s in self.rm.optimizer.state.values() for t in s.values()
+                    if isinstance(t, torch.Tensor))
+        return weights + max(state, 2 * weights) + 2**20
 
     def estimate_seconds(self) -> float:
         """Seconds one save costs the training loop: the last one's, or from the state's size until timed."""
@@ -103,6 +114,15 @@ class Saver:
                 self.background.wait()  # at most one save in flight
             except Exception as e:  # noqa: BLE001 - the earlier save's failure; this one still goes ahead
                 self._failed(e, final=False, step=self.pending_step)
+        needed = self.expected_bytes()
+        problem = diskspace.space_problem(rm.ckpt_root, needed)
+        # Every rank writes its part, so all skip when any cannot (a lone rank in DCP's collectives would hang).
+        if dist.max_over_ranks(int(problem is not None), rm.device):
+            problem = problem or "another rank's filesystem has no room for its part of the checkpoint"
+            # Said before anything is written: no partial directory, nothing to clean up.
+            self._failed(OSError(errno.ENOSPC, problem), final=wait, cause=problem + " (checked before writing)")
+            self.last_time = time.monotonic()
+            return
         try:
             payload = self._package(reason)
             if self.background is not None and not wait:
@@ -122,11 +142,13 @@ class Saver:
         finally:
             self.last_time = time.monotonic()
 
-    def _failed(self, error: Exception, final: bool, step: int | None = None) -> None:
+    def _failed(self, error: Exception, final: bool, step: int | None = None, cause: str | None = None) -> None:
         step = self.rm.state["step"] if step is None else step
-        msg = (f"checkpoint save at step {step} failed: {type(error).__name__}: {error}. The previous checkpoint "
+        cause = cause or diskspace.describe(error, self.rm.ckpt_root, self.expected_bytes())
+        msg = (f"checkpoint save at step {step} failed: {cause}. The previous checkpoint "
                f"({self.last_path.name if self.last_path else 'none'}) is intact.")
-        self.rm.metrics.write("event", event="save_failed", step=step, error=f"{type(error).__name__}: {error}")
+        self.rm.metrics.write("event", event="save_failed", step=step, cause=cause,
+                              error=f"{type(error).__name__}: {error}")
         if final or self.cfg.on_error == "stop":
             raise SaveFailed(msg) from error
         self.rm.console.info(msg + " Training continues (checkpoint.on_error = 'continue'); retrying at the next "
@@ -182,6 +204,7 @@ class Saver:
         self.last_path = path
         self.last_seconds = time.monotonic() - started
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        self.last_bytes = size
         rm.metrics.write("event", event="save", step=p["step"], reason=p["meta"]["reason"], path=path.name,
                          seconds=round(self.last_seconds, 4), bytes=size)
 

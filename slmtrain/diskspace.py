@@ -1,0 +1,84 @@
+"""Write errors said in words: no space left (with the filesystem, its free bytes and what a checkpoint
+needs), permission denied (with the path), a file-size limit, a read-only filesystem, whatever torch or
+torch.distributed.checkpoint wrapped them in.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import shutil
+from pathlib import Path
+
+from slmtrain.log import fmt_count
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the filesystem holding `path` (or its nearest existing parent)."""
+    p = path.resolve()
+    while not p.exists():
+        p = p.parent
+    while not os.path.ismount(p):
+        p = p.parent
+    return p
+
+
+def free_bytes(path: Path) -> int:
+    p = path
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def space_problem(root: Path, needed: int) -> str | None:
+    """A sentence when the filesystem of `root` clearly cannot take `needed` more bytes, else None."""
+    free = free_bytes(root)
+    if free >= needed:
+        return None
+    return (f"no space left on device: the filesystem at {mount_point(root)} has {fmt_count(free)}B free and a "
+            f"checkpoint needs about {fmt_count(needed)}B. Free some space (or point run.out_dir elsewhere) and "
+            f"resume")
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error, its causes and contexts, and the per-rank failures DCP collects, depth first."""
+    seen: list[BaseException] = []
+    todo = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo += [e.__cause__, e.__context__]  # type: ignore[list-item]
+        failures = getattr(e, "failures", None)  # torch.distributed.checkpoint's CheckpointException
+        if isinstance(failures, dict):
+            todo += [f for f in failures.values() if isinstance(f, BaseException)]
+            todo += [f[0] for f in failures.values() if isinstance(f, tuple) and f and isinstance(f[0], BaseException)]
+    return seen
+
+
+def describe(error: BaseException, root: Path, needed: int) -> str:
+    """What went wrong writing a checkpoint under `root`, in words a user acts on."""
+    for e in _chain(error):
+        code = getattr(e, "errno", None)
+        where = getattr(e, "filename", None) or root
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            return space_problem(root, max(needed, free_bytes(root) + 1)) or "no space left on device"
+        if code in (errno.EACCES, errno.EPERM):
+            return f"permission denied writing {where}: make the run directory writable for this user"
+        if code == errno.EFBIG:
+            return (f"file size limit exceeded writing {where} (see `ulimit -f`): raise the limit for this "
+                    f"process or use a smaller model")
+        if code == errno.EROFS:
+            return f"read-only filesystem at {mount_point(root)}: put the run directory on a writable one"
+    # torch's zip writer reports a full disk or a size limit as a bare "unexpected pos": the free space and
+    # the process's limit tell which.
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and limit < needed:
+        return (f"file size limit exceeded: this process may write files of at most {fmt_count(limit)}B (see "
+                f"`ulimit -f`) and a checkpoint holds about {fmt_count(needed)}B. Raise the limit and resume")
+    problem = space_problem(root, needed)
+    if problem is not None:
+        return problem
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,98 @@
+"""A full disk, a file-size limit and a read-only directory, met by real runs: said plainly, nothing lost."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import events, train_losses, write_recipe
+
+from slmtrain import cli
+from slmtrain.checkpoint import list_checkpoints
+from slmtrain.diskspace import describe
+from slmtrain.verify import verify
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from chaos import final_weights  # noqa: E402
+
+
+@pytest.fixture()
+def small_fs(tmp_path: Path):
+    """A real 16 MiB tmpfs (needs root, which CI has), unmounted afterwards."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _sets(*extra: str) -> list[str]:
+    base = ["train.max_steps=30", "checkpoint.every_steps=10", "checkpoint.keep_last=5", "eval.every_steps=0",
+            "log.curves=false"]
+    return [a for s in [*base, *extra] for a in ("--set", s)]
+
+
+def test_a_full_disk_is_said_plainly_and_resume_finishes_exactly(small_fs: Path, tmp_path: Path, cache: Path,
+                                                                 capsys) -> None:
+    recipe = write_recipe(tmp_path, cache)
+    ref = tmp_path / "ref"
+    assert cli.main(["run", str(recipe), "--run-dir", str(ref), *_sets()]) == 0
+    size = sum(f.stat().st_size for f in (ref / "checkpoints" / "step_00000010").rglob("*") if f.is_file())
+    # Leave room for the run's files and two checkpoints, not three.
+    filler = small_fs / "filler"
+    filler.write_bytes(b"\0" * max(0, shutil.disk_usage(small_fs).free - int(2.5 * size) - 200_000))
+    run = small_fs / "run"
+    capsys.readouterr()
+    assert cli.main(["run", str(recipe), "--run-dir", str(run), *_sets()]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "checkpoint save at step 30 failed: no space left on device: the filesystem at" in err, err
+    assert str(small_fs) in err and "B free and a checkpoint needs about" in err and "Traceback" not in err
+    saved = [c for c in list_checkpoints(run / "checkpoints")]
+    assert [c.step for c in saved] == [10, 20] and all(c.committed for c in saved)
+    assert all(verify(c.path).sound for c in saved)
+    assert not [p for p in (run / "checkpoints").iterdir() if ".tmp-" in p.name]
+    assert events(run, "save_failed")[0]["cause"].startswith("no space left on device")
+    filler.unlink()
+    assert cli.main(["resume", str(run)]) == 0
+    assert train_losses(run) == train_losses(ref)
+    a, b = final_weights(ref), final_weights(run)
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_a_file_size_limit_mid_write_is_named(tmp_path: Path, cache: Path) -> None:
+    recipe = write_recipe(tmp_path, cache)
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000)); "
+            "from slmtrain import cli; sys.exit(cli.main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, "run", str(recipe), "--run-dir", str(tmp_path / "run"),
+                           *_sets()], capture_output=True, text=True, timeout=300)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 1, proc.stderr
+    assert "failed: file size limit exceeded" in err and "ulimit -f" in err and "Traceback" not in err
+    assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if ".tmp-" in p.name]
+
+
+def test_a_real_enospc_and_eacces_inside_wrappers_are_named(small_fs: Path, tmp_path: Path) -> None:
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        (small_fs / "big").write_bytes(b"\0" * (20 << 20))
+    except OSError as e:
+        enospc = e
+    assert enospc.errno == errno.ENOSPC
+    wrapped = CheckpointException("save", {0: enospc})
+    try:
+        raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from wrapped
+    except RuntimeError as outer:
+        text = describe(outer, small_fs, 10_000_000)
+    assert text.startswith("no space left on device: the filesystem at " + str(small_fs))
+    # As root (CI) directory permissions do not stop a write, so the error is the one the OS would raise.
+    denied = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "x"))
+    assert describe(CheckpointException("save", {0: denied}), tmp_path, 1).startswith(
+        f"permission denied writing {tmp_path / 'x'}")
