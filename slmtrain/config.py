@@ -187,6 +187,23 @@ class ParallelConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    rollback: bool = _f(True, "On a loss spike, or more than train.skip_nonfinite non-finite steps in a row, reload "
+                              "the last good checkpoint, skip the data since, lower the LR for a while, go on.")
+    window: int = _f(50, "Recent normal losses a step's loss is compared with.", lo=5, hi=100000)
+    spike_sigma: float = _f(6.0, "A loss is high above mean + spike_sigma x std of the window ...", lo=0.0)
+    spike_ratio: float = _f(1.2, "... and above spike_ratio x its mean.", lo=1.0)
+    patience: int = _f(3, "High losses in a row that make a spike.", lo=1)
+    max_rollbacks: int = _f(3, "Rollbacks before the run fails with advice.", lo=0)
+    lr_scale: float = _f(0.5, "LR multiplier after a rollback ...", lo=0.0, hi=1.0)
+    lr_scale_steps: int = _f(100, "... for this many steps.", lo=0)
+    fault_lr_step: int = _f(0, "Fault injection, to test the rollback path: from this step (0: off), until the "
+                               "first rollback, the LR is multiplied by fault_lr_factor for fault_lr_steps steps.", lo=0)
+    fault_lr_factor: float = _f(100.0, "LR multiplier of the injected fault.", lo=0.0)
+    fault_lr_steps: int = _f(5, "Steps the injected fault lasts.", lo=1)
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -199,6 +216,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

@@ -1,5 +1,4 @@
-"""Optimizers (AdamW, or Muon for hidden matrices plus AdamW), LR schedules as resumable LambdaLR objects, and
-the time budget turned into a step count."""
+"""Optimizers (AdamW, or Muon for hidden matrices plus AdamW) and LR schedules as resumable LambdaLR objects."""
 
 from __future__ import annotations
 
@@ -114,8 +113,17 @@ class Schedule:
         self.floor = cfg.min_lr_ratio
         self.decay_fraction = cfg.decay_fraction
         self.total = max(1, total_steps)
+        # Steps [.._from, .._until) run at `..` x the schedule: a rollback's cooling off, an injected fault.
+        self.scale, self.scale_until = 1.0, 0
+        self.fault, self.fault_from, self.fault_until = 1.0, 0, 0
 
     def __call__(self, step: int) -> float:
+        factor = self.scale if step < self.scale_until else 1.0
+        if self.fault_from <= step < self.fault_until:
+            factor *= self.fault
+        return factor * self._base(step)
+
+    def _base(self, step: int) -> float:
         # (step + 1) so the very first update already moves the weights.
         if step < self.warmup:
             return (step + 1) / (self.warmup + 1)
@@ -160,22 +168,3 @@ def set_total_steps(scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: i
     """Give the schedule its length (a budgeted run fixes it after its first steps; resume may raise it)."""
     for fn in scheduler.lr_lambdas:
         fn.total = max(1, total_steps)
-
-
-def fit_steps(budget_s: float, elapsed_s: float, done: int, step_s: float, *, eval_s: float, eval_every: int,
-              save_s: float, save_every: int, save_every_s: float = 0.0) -> int:
-    """Total optimizer steps that fill a time budget, final evaluation and final save included.
-
-    Args:
-        budget_s: the budget in seconds; elapsed_s of it are spent, on `done` steps.
-        step_s: measured seconds per step; eval_s / save_s: seconds per evaluation / save, which happen every
-            eval_every / save_every steps (0: never) and every save_every_s seconds (0: never).
-
-    Returns:
-        `done` plus as many steps as fit in what is left (never fewer than `done`).
-    """
-    left = budget_s - elapsed_s - eval_s - save_s
-    if save_every_s > 0:
-        left -= save_s * math.floor(max(0.0, budget_s - elapsed_s) / save_every_s)
-    per_step = step_s + (eval_s / eval_every if eval_every else 0.0) + (save_s / save_every if save_every else 0.0)
-    return done + max(0, math.floor(left / max(per_step, 1e-9)))

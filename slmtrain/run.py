@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,14 @@ from slmtrain.data.prepare import PrepareInterrupted, prepare_data
 from slmtrain.data.stream import build_train_loader, eval_batches
 from slmtrain.errors import CheckpointError, RunLockedError, SlmError, UserError
 from slmtrain.generate import generate
+from slmtrain.health import SpikeDetector
+from slmtrain.rollback import rollback
 from slmtrain.lock import RunLock
 from slmtrain.log import Console, MetricsWriter, TensorBoard, fmt_count, fmt_duration, read_jsonl
 from slmtrain.model import GPT
 from slmtrain.plot import CurvesRefresher
-from slmtrain.optim import build_optimizer, build_scheduler, fit_steps, set_total_steps
+from slmtrain.budget import BudgetPlanner, fit_steps
+from slmtrain.optim import build_optimizer, build_scheduler, set_total_steps
 from slmtrain.preempt import EXIT_ABORTED, EXIT_PREEMPTED, NoticePoller, PreemptionFlag
 from slmtrain.saving import Saver, restore
 from slmtrain.state import seed_everything
@@ -33,7 +37,6 @@ from slmtrain.train import bits_per_byte, evaluate, perplexity, train_step
 
 
 _UNBOUNDED = 2**62  # a budgeted run's length until its step count is fitted
-_UNTIMED_STEPS = 4
 
 
 class TrainingDiverged(SlmError):
@@ -192,10 +195,18 @@ class RunManager:
         self.tokens_per_step = t.batch_size * t.grad_accum * cfg.model.seq_len * info.world_size
         self.total_steps = self._step_cap()
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.total_steps, cfg.optim)
+        if cfg.health.fault_lr_step:
+            h = cfg.health
+            for fn in self.scheduler.lr_lambdas:
+                fn.fault, fn.fault_from, fn.fault_until = h.fault_lr_factor, h.fault_lr_step - 1, \
+                    h.fault_lr_step - 1 + h.fault_lr_steps
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.run.precision == "fp16" else None
         self.state: dict[str, Any] = {"step": 0, "tokens": 0, "skipped": 0, "consecutive_skipped": 0,
                                       "best_val_loss": None, "train_seconds": 0.0, "planned_steps": None,
-                                      "budget_reserve_seconds": 0.0}
+                                      "budget_reserve_seconds": 0.0, "rollbacks": 0, "data_skip": 0,
+                                      "health": {}, "pending_rollback": None}
+        self.detector = SpikeDetector(cfg.health)
+        self.pending_losses: list[tuple[int, torch.Tensor]] = []
         self.pending_skips: list[tuple[int, torch.Tensor]] = []
         self.rebuild_loader(start_step=0)
         ev = cfg.eval
@@ -225,6 +236,7 @@ class RunManager:
         cfg, st = self.cfg, self.state
         if self.resume:
             resumed_from = self._restore()
+            self.detector.load_state_dict(st["health"])
             if st["planned_steps"]:
                 self.total_steps = st["planned_steps"]
                 set_total_steps(self.scheduler, self.total_steps)
@@ -257,7 +269,10 @@ class RunManager:
         self.first_step = st["step"]
         loop_start = time.monotonic()
         budget = t.max_minutes * 60
-        probe_start, probe_save = (st["step"], st["train_seconds"]), None
+        planner = BudgetPlanner(t, cfg.schedule, st["step"], st["train_seconds"]) if budget and t.fit_budget else None
+
+        def clock() -> float:
+            return step_start_seconds + time.monotonic() - loop_start
         if self.resume:
             ready = time.monotonic() - started
             self.metrics.write("event", event="resume_ready", step=st["step"], seconds=round(ready, 3))
@@ -286,23 +301,13 @@ class RunManager:
             st["tokens"] += stats.tokens * self.info.world_size
             st["train_seconds"] = step_start_seconds + time.monotonic() - loop_start
             step = st["step"]
+            self.pending_losses.append((step, stats.loss))
             if isinstance(stats.skipped, torch.Tensor):
                 self.pending_skips.append((step, stats.skipped))
             else:
                 self._after_skip(stats.skipped, step)
-            if budget and t.fit_budget and st["planned_steps"] is None:
-                fit_at = min(self.first_step + t.budget_probe_steps, cfg.schedule.warmup_steps - 1)
-                # The first steps of an attempt carry one-off costs (allocations, compilation): not timed.
-                if step == min(self.first_step + _UNTIMED_STEPS, fit_at - 2):
-                    probe_start = (step, st["train_seconds"])
-                if step == fit_at - 1 and step > self.first_step + 1:
-                    # Timed here, a step early: the count is fixed next step and saved with it.
-                    t0 = time.monotonic()
-                    self._settle_skips()
-                    self.saver.save(reason="budget_probe")
-                    probe_save = time.monotonic() - t0
-                if step >= fit_at:
-                    self._fit_budget(budget, probe_start, probe_save)
+            if planner is not None:
+                self._plan_budget(planner, clock)
             if step % cfg.log.every_steps == 0 or step == 1 or step == self.total_steps:
                 self._settle_skips()
                 # .item() syncs with the device: only on log steps.
@@ -317,6 +322,11 @@ class RunManager:
                 total = "?" if self.total_steps == _UNBOUNDED else self.total_steps
                 self.console.progress(f"step {step}/{total} | loss {loss:.4f} | lr {lr:.2e} | "
                                       f"{fmt_count(tps)} tok/s | ETA {fmt_duration(eta) if total != '?' else '?'}")
+                # Decisions happen on log steps only, so a preempted and resumed run decides at the same steps.
+                if st["pending_rollback"] is not None:
+                    rollback(self)
+                    batches = iter(self.loader)
+                    continue
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < self.total_steps:
                 self._evaluate()
             if step == self.first_step + 3:  # a few steps into every attempt, once the timing means something
@@ -337,7 +347,33 @@ class RunManager:
         self.samples.close()
         return self._end("finished", 0, stop_reason)
 
-    def _fit_budget(self, budget: float, probe_start: tuple[int, float], probe_save: float | None) -> None:
+    def _plan_budget(self, planner: BudgetPlanner, clock: Callable[[], float]) -> None:
+        """Fix the budget's step count after the probe (a save timed the step before), then refine it."""
+        st = self.state
+        step = st["step"]
+        if st["planned_steps"] is None:
+            action = planner.probe_step(step, st["train_seconds"])
+            if action == "save":
+                t0 = time.monotonic()
+                self._settle_skips()
+                self.saver.save(reason="budget_probe")
+                planner.probe_save_s = time.monotonic() - t0
+            elif action == "fit":
+                self._fit_budget(planner, clock)
+            return
+        new = planner.refit(step, clock(), self.total_steps, st["budget_reserve_seconds"], self._step_cap())
+        if new is not None:
+            new = -dist.max_over_ranks(-new, self.device)  # every rank takes the same number of steps
+        if new is not None and new != self.total_steps:
+            self.metrics.write("event", event="budget_refit", step=step, planned_steps=new,
+                               previous_steps=self.total_steps, elapsed_seconds=round(clock(), 3))
+            st["planned_steps"] = self.total_steps = new
+            set_total_steps(self.scheduler, new)
+            if self.info.is_main:
+                runinfo.record(self.run_dir, planned_steps=new)
+            planner.fitted(step, clock())
+
+    def _fit_budget(self, planner: BudgetPlanner, clock: Callable[[], float]) -> None:
         """Fix the step count that fills the time budget and save at once, so the count is durable.
 
         Timed: this attempt's steps after its first few, one save the step before and one evaluation now.
@@ -345,41 +381,41 @@ class RunManager:
         """
         cfg, st = self.cfg, self.state
         step = st["step"]
-        first, then = probe_start
-        spent = st["train_seconds"] - then - (probe_save or 0.0)
-        step_s = spent / (step - first) if step > first else st["train_seconds"] / max(1, step)
+        step_s = planner.probe_step_seconds(step, st["train_seconds"])
         t0 = time.monotonic()
         self._evaluate()
         eval_s = time.monotonic() - t0
-        save_s = probe_save if probe_save is not None else self.saver.estimate_seconds()
-        st["train_seconds"] += eval_s
+        save_s = planner.probe_save_s if planner.probe_save_s is not None else self.saver.estimate_seconds()
         c = cfg.checkpoint
-        fitted = fit_steps(budget, st["train_seconds"], step, step_s, eval_s=eval_s, eval_every=cfg.eval.every_steps,
+        fitted = fit_steps(planner.budget_s, clock(), step, step_s, eval_s=eval_s, eval_every=cfg.eval.every_steps,
                            save_s=save_s, save_every=c.every_steps, save_every_s=c.every_minutes * 60)
         # Every rank must take the same number of steps: the smallest fit wins.
         fitted = -dist.max_over_ranks(-min(fitted, self._step_cap()), self.device)
         st["planned_steps"] = self.total_steps = max(fitted, step)
+        st["budget_reserve_seconds"] = eval_s + save_s
         set_total_steps(self.scheduler, self.total_steps)
         if self.info.is_main:
             runinfo.record(self.run_dir, planned_steps=self.total_steps)
-        self.console.info(f"time budget {fmt_duration(budget)}: {self.total_steps} steps ({step_s * 1000:.0f} ms a "
-                          f"step, evaluation {eval_s:.2f}s, save ~{save_s:.2f}s); the schedule reaches its floor at "
-                          f"step {self.total_steps}. The same run without a budget: --set train.max_minutes=0 "
-                          f"--set train.max_steps={self.total_steps}")
+        refine = " (refined while the LR is flat)" if cfg.schedule.kind == "wsd" else ""
+        self.console.info(f"time budget {fmt_duration(planner.budget_s)}: {self.total_steps} steps{refine} "
+                          f"({step_s * 1000:.0f} ms a step, evaluation {eval_s:.2f}s, save ~{save_s:.2f}s); the "
+                          f"schedule reaches its floor at the last step. The same run without a budget: --set "
+                          f"train.max_minutes=0 --set train.max_steps=N (N: the final count, in run.json)")
         if self.total_steps <= cfg.schedule.warmup_steps:
             self.console.info(f"warning: the budget fits {self.total_steps} steps, no more than schedule.warmup_steps "
                               f"= {cfg.schedule.warmup_steps}: the LR never leaves its warmup. Lower "
                               f"schedule.warmup_steps (or the model's size) so the schedule can reach its floor.")
+        st["train_seconds"] = clock()
         t0 = time.monotonic()
         self._settle_skips()
         self.saver.save(reason="budget")
         saved_s = time.monotonic() - t0
-        st["train_seconds"] += saved_s
         st["budget_reserve_seconds"] = eval_s + max(save_s, saved_s)
+        planner.fitted(step, clock())
         self.metrics.write("event", event="budget_plan", step=step, planned_steps=self.total_steps,
-                           budget_seconds=budget, step_seconds=round(step_s, 5), eval_seconds=round(eval_s, 4),
-                           save_seconds_estimate=round(save_s, 4), save_seconds=round(saved_s, 4),
-                           elapsed_seconds=round(st["train_seconds"], 3))
+                           budget_seconds=planner.budget_s, step_seconds=round(step_s, 5),
+                           eval_seconds=round(eval_s, 4), save_seconds_estimate=round(save_s, 4),
+                           save_seconds=round(saved_s, 4), elapsed_seconds=round(clock(), 3))
 
     def _budget_cut(self) -> None:
         st = self.state
@@ -390,8 +426,25 @@ class RunManager:
         self.console.info(f"time budget spent at step {st['step']} of {planned or self.total_steps} ({why}): stopping "
                           f"before the schedule reached its floor")
 
+    def _settle_losses(self) -> None:
+        """Feed the pending step losses to the spike detector (one sync); a spike becomes a pending rollback,
+        acted on at the next log step (so a resumed run acts at the same step)."""
+        if not self.pending_losses:
+            return
+        values = torch.stack([v.float() for _, v in self.pending_losses]).tolist()
+        steps = [s for s, _ in self.pending_losses]
+        self.pending_losses.clear()
+        st, h = self.state, self.cfg.health
+        for step, loss in zip(steps, values):
+            verdict = self.detector.update(step, loss)
+            if verdict.spike and h.rollback and st["pending_rollback"] is None:
+                st["pending_rollback"] = [verdict.first_bad, f"loss spike ({h.patience} losses in a row far above "
+                                                             f"the last {h.window}, the last {loss:.4f})"]
+        st["health"] = self.detector.state_dict()
+
     def _settle_skips(self) -> None:
-        """Count the skipped steps whose device flags are pending (one sync for all of them)."""
+        """Read the pending per-step device values (one sync each): skipped-step flags, then losses."""
+        self._settle_losses()
         if not self.pending_skips:
             return
         flags = torch.stack([f for _, f in self.pending_skips]).tolist()
@@ -411,6 +464,11 @@ class RunManager:
                            consecutive=st["consecutive_skipped"])
         self.console.info(f"step {step}: non-finite loss or gradients, update skipped "
                           f"({st['consecutive_skipped']} in a row)")
+        if st["consecutive_skipped"] > self.cfg.train.skip_nonfinite and self.cfg.health.rollback:
+            if st["pending_rollback"] is None:
+                st["pending_rollback"] = [step - st["consecutive_skipped"] + 1,
+                                          f"{st['consecutive_skipped']} consecutive non-finite steps"]
+            return
         if st["consecutive_skipped"] > self.cfg.train.skip_nonfinite:
             raise TrainingDiverged(f"{st['consecutive_skipped']} consecutive non-finite steps (train.skip_nonfinite "
                                    f"= {self.cfg.train.skip_nonfinite}): lower optim.lr or raise optim.grad_clip, "

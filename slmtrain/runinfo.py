@@ -110,6 +110,11 @@ def status_report(run_dir: Path) -> str:
         lines.append(f"    {c.path.name}  step {c.step}  {_when(meta.get('created'))}  "
                      f"val_loss {val if val is None else f'{val:.4f}'}  {fmt_count(_dir_size(c.path))}B  {state}")
     records = read_jsonl(run_dir / "metrics.jsonl")
+    rollbacks = [r for r in records if r.get("event") == "rollback"]
+    if rollbacks:
+        last = rollbacks[-1]
+        lines.append(f"  rollbacks: {len(rollbacks)} (last: step {last['from_step']} -> {last['step']}, "
+                     f"{last['reason']})")
     for kind in ("train", "eval"):
         last = next((r for r in reversed(records) if r.get("kind") == kind), None)
         if last:

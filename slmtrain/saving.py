@@ -96,6 +96,15 @@ class Saver:
             self.rm.metrics.write("event", event="grace_warning", step=self.rm.state["step"],
                                   estimate_seconds=round(step_seconds + save_s, 3), grace_seconds=grace)
 
+    def wait(self) -> None:
+        """Return once no background save is in flight (its failure handled by policy)."""
+        if self.background is None:
+            return
+        try:
+            self.background.wait()
+        except Exception as e:  # noqa: BLE001 - any write error is handled by policy
+            self._failed(e, final=False, step=self.pending_step)
+
     def poll(self) -> None:
         """Surface a background save's failure in the training loop."""
         if self.background is None:
@@ -261,7 +270,7 @@ def restore(rm: RunManager, path: Path) -> int:
     else:
         # Another world size with the same global batch: windows are a pure function of the global sample
         # index, so the cursor is the step alone.
-        rm.rebuild_loader(start_step=int(meta["step"]))
+        rm.rebuild_loader(start_step=int(meta["step"]) + int(meta["trainer"].get("data_skip", 0)))
     rm.scheduler.load_state_dict(meta["scheduler"])
     # The schedule's length follows the current recipe (max_steps may be raised on resume), or the step count
     # a time budget fixed (applied by the run once the trainer state below is in).

@@ -167,7 +167,7 @@ def test_a_fitted_length_keeps_the_warmup_and_ends_at_the_floor(kind: str) -> No
 
 
 def test_fit_steps_fills_the_budget_with_evaluations_and_saves() -> None:
-    from slmtrain.optim import fit_steps
+    from slmtrain.budget import fit_steps
 
     # 100 s left after 10 steps in 5 s; 0.1 s a step, an eval (1 s) every 50 steps, a save (2 s) every 100.
     n = fit_steps(105.0, 5.0, 10, 0.1, eval_s=1.0, eval_every=50, save_s=2.0, save_every=100)

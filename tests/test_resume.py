@@ -140,10 +140,10 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path: Path, cache: Pa
     assert "kills: 5 " in report, report
 
 
-def test_kill_9_in_a_time_budgeted_muon_run_then_resume_is_exact(tmp_path: Path, cache: Path) -> None:
+def test_kill_9_in_a_time_budgeted_wsd_muon_run_then_resume_is_exact(tmp_path: Path, cache: Path) -> None:
     # The killed run fits its own step count; the reference is then run with that count as max_steps.
     recipe = _recipe(tmp_path, cache)
-    overrides = ["checkpoint.every_steps=3", "train.max_steps=0", "schedule.warmup_steps=20",
+    overrides = ["checkpoint.every_steps=3", "train.max_steps=0", "schedule.warmup_steps=20", "schedule.kind='wsd'",
                  "train.budget_probe_steps=8", "optim.name='muon'", "model.qk_norm=true", "model.relu2=true",
                  "model.zero_init=true", "model.tie_embeddings=false", "optim.head_lr=0.01"]
     log = tmp_path / "chaos.txt"
