@@ -184,6 +184,8 @@ class ParallelConfig:
     strategy: str = _f("ddp", "Multi-process wrapping under torchrun.", choices=("ddp", "fsdp"))
     backend: str = _f("auto", "Process-group backend (auto: nccl on CUDA, else gloo).",
                       choices=("auto", "nccl", "gloo"))
+    timeout_seconds: float = _f(300.0, "A collective waiting longer than this for a dead or stuck rank fails the "
+                                       "job (torch's default is 30 minutes).", lo=1.0)
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,7 @@ RESUME_SAFE_KEYS = frozenset({
     "run.name", "run.out_dir", "data.loader_workers", "data.prepare_workers", "data.cache_dir",
     "train.max_steps", "train.max_tokens", "train.max_minutes", "train.budget_probe_steps", "train.budget_overrun", "train.fit_budget",
     "train.skip_nonfinite",
-    "log.every_steps", "log.progress", "log.curves", "log.tensorboard",
+    "log.every_steps", "log.progress", "log.curves", "log.tensorboard", "parallel.timeout_seconds",
     "eval.every_steps", "eval.batches", "eval.samples", "eval.sample_tokens", "eval.prompts",
     "eval.temperature", "eval.top_k",
     "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.keep_last", "checkpoint.keep_best",

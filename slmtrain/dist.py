@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -50,14 +51,15 @@ def from_env() -> DistInfo:
     )
 
 
-def init(info: DistInfo, device: torch.device, backend: str = "auto") -> None:
+def init(info: DistInfo, device: torch.device, backend: str = "auto", timeout_seconds: float = 300.0) -> None:
+    """Join the process group; a collective that waits `timeout_seconds` for a peer fails instead of hanging."""
     if not info.enabled or dist.is_initialized():
         return
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_seconds))
 
 
 def shutdown() -> None:

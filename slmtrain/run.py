@@ -63,7 +63,7 @@ class RunManager:
     def execute(self) -> int:
         """Run to completion or preemption; returns the process exit code (0, 75, 2, 1 or 130)."""
         self.device = dist.pick_device(self.cfg.run.device, self.info)
-        dist.init(self.info, self.device, self.cfg.parallel.backend)
+        dist.init(self.info, self.device, self.cfg.parallel.backend, self.cfg.parallel.timeout_seconds)
         self._check_dir()
         dist.barrier()  # every rank has looked before rank 0 writes run.json
         try:

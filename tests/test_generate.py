@@ -150,3 +150,14 @@ def test_next_token_logprobs_is_fp32_log_softmax_of_the_logits() -> None:
     assert model.training and not lp.requires_grad
     model.eval()
     assert torch.allclose(lp, torch.log_softmax(model(idx)[0], -1), atol=1e-6)
+
+
+def test_a_compiled_decode_step_gives_the_same_tokens() -> None:
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(flavour="llama", n_layer=2, n_head=2, n_embd=32, seq_len=48, vocab_size=64)).eval()
+    prompt = [1, 5, 9, 3]
+    eager = list(generate(model, prompt, 30))
+    assert list(generate(model, prompt, 30, compiled=True)) == eager
+    gen_a, gen_b = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    assert list(generate(model, prompt, 30, temperature=0.9, top_k=10, generator=gen_a, compiled=True)) == \
+        list(generate(model, prompt, 30, temperature=0.9, top_k=10, generator=gen_b))
