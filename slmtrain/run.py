@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ from slmtrain.lock import RunLock
 from slmtrain.log import Console, MetricsWriter, TensorBoard, fmt_count, fmt_duration, read_jsonl
 from slmtrain.model import GPT
 from slmtrain.plot import CurvesRefresher
-from slmtrain.budget import BudgetPlanner, fit_steps
+from slmtrain.budget import BudgetPlanner
+from slmtrain.budgeting import budget_cut, plan_budget
 from slmtrain.optim import build_optimizer, build_scheduler, set_total_steps
 from slmtrain.preempt import EXIT_ABORTED, EXIT_PREEMPTED, NoticePoller, PreemptionFlag
 from slmtrain.saving import Saver, restore
@@ -193,7 +193,7 @@ class RunManager:
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)
         t = cfg.train
         self.tokens_per_step = t.batch_size * t.grad_accum * cfg.model.seq_len * info.world_size
-        self.total_steps = self._step_cap()
+        self.total_steps = self.step_cap()
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.total_steps, cfg.optim)
         if cfg.health.fault_lr_step:
             h = cfg.health
@@ -214,7 +214,7 @@ class RunManager:
                                         ev.batches, cfg.run.seed + 1)
         self.saver = Saver(self)
 
-    def _step_cap(self) -> int:
+    def step_cap(self) -> int:
         """The run's length before a time budget fits it: max_steps, or max_tokens in steps (whichever is set)."""
         t = self.cfg.train
         caps = [n for n in (t.max_steps, math.ceil(t.max_tokens / self.tokens_per_step) if t.max_tokens else 0) if n]
@@ -291,7 +291,7 @@ class RunManager:
             if verdict:
                 stop_reason = "preempted" if verdict == 2 else "finished (max_minutes)"
                 if verdict == 1:
-                    self._budget_cut()
+                    budget_cut(self)
                 break
             self.saver.poll()
             stats = train_step(model, batches, self.optimizer, self.scheduler, grad_accum=t.grad_accum,
@@ -307,9 +307,9 @@ class RunManager:
             else:
                 self._after_skip(stats.skipped, step)
             if planner is not None:
-                self._plan_budget(planner, clock)
+                plan_budget(self, planner, clock)
             if step % cfg.log.every_steps == 0 or step == 1 or step == self.total_steps:
-                self._settle_skips()
+                self.settle()
                 # .item() syncs with the device: only on log steps.
                 loss = dist.all_mean(stats.loss.item(), self.device)
                 now = time.monotonic()
@@ -328,17 +328,17 @@ class RunManager:
                     batches = iter(self.loader)
                     continue
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < self.total_steps:
-                self._evaluate()
+                self.evaluate_now()
             if step == self.first_step + 3:  # a few steps into every attempt, once the timing means something
                 self.saver.warn_if_over_grace((st["train_seconds"] - step_start_seconds) / 3)
             if self.saver.periodic_due():
-                self._settle_skips()
+                self.settle()
                 self.saver.save(reason="periodic")
-        self._settle_skips()
+        self.settle()
         if stop_reason == "preempted":
             return self._preempt_exit()
         if self.last_eval_step != st["step"]:
-            self._evaluate()
+            self.evaluate_now()
         self.saver.save(reason="final", wait=True)
         # The training loop's time as a budget counts it: steps, evaluations and saves, the final ones included.
         st["train_seconds"] = step_start_seconds + time.monotonic() - loop_start
@@ -346,85 +346,6 @@ class RunManager:
         self.metrics.close()
         self.samples.close()
         return self._end("finished", 0, stop_reason)
-
-    def _plan_budget(self, planner: BudgetPlanner, clock: Callable[[], float]) -> None:
-        """Fix the budget's step count after the probe (a save timed the step before), then refine it."""
-        st = self.state
-        step = st["step"]
-        if st["planned_steps"] is None:
-            action = planner.probe_step(step, st["train_seconds"])
-            if action == "save":
-                t0 = time.monotonic()
-                self._settle_skips()
-                self.saver.save(reason="budget_probe")
-                planner.probe_save_s = time.monotonic() - t0
-            elif action == "fit":
-                self._fit_budget(planner, clock)
-            return
-        new = planner.refit(step, clock(), self.total_steps, st["budget_reserve_seconds"], self._step_cap())
-        if new is not None:
-            new = -dist.max_over_ranks(-new, self.device)  # every rank takes the same number of steps
-        if new is not None and new != self.total_steps:
-            self.metrics.write("event", event="budget_refit", step=step, planned_steps=new,
-                               previous_steps=self.total_steps, elapsed_seconds=round(clock(), 3))
-            st["planned_steps"] = self.total_steps = new
-            set_total_steps(self.scheduler, new)
-            if self.info.is_main:
-                runinfo.record(self.run_dir, planned_steps=new)
-            planner.fitted(step, clock())
-
-    def _fit_budget(self, planner: BudgetPlanner, clock: Callable[[], float]) -> None:
-        """Fix the step count that fills the time budget and save at once, so the count is durable.
-
-        Timed: this attempt's steps after its first few, one save the step before and one evaluation now.
-        Too short a probe estimates the save from its size.
-        """
-        cfg, st = self.cfg, self.state
-        step = st["step"]
-        step_s = planner.probe_step_seconds(step, st["train_seconds"])
-        t0 = time.monotonic()
-        self._evaluate()
-        eval_s = time.monotonic() - t0
-        save_s = planner.probe_save_s if planner.probe_save_s is not None else self.saver.estimate_seconds()
-        c = cfg.checkpoint
-        fitted = fit_steps(planner.budget_s, clock(), step, step_s, eval_s=eval_s, eval_every=cfg.eval.every_steps,
-                           save_s=save_s, save_every=c.every_steps, save_every_s=c.every_minutes * 60)
-        # Every rank must take the same number of steps: the smallest fit wins.
-        fitted = -dist.max_over_ranks(-min(fitted, self._step_cap()), self.device)
-        st["planned_steps"] = self.total_steps = max(fitted, step)
-        st["budget_reserve_seconds"] = eval_s + save_s
-        set_total_steps(self.scheduler, self.total_steps)
-        if self.info.is_main:
-            runinfo.record(self.run_dir, planned_steps=self.total_steps)
-        refine = " (refined while the LR is flat)" if cfg.schedule.kind == "wsd" else ""
-        self.console.info(f"time budget {fmt_duration(planner.budget_s)}: {self.total_steps} steps{refine} "
-                          f"({step_s * 1000:.0f} ms a step, evaluation {eval_s:.2f}s, save ~{save_s:.2f}s); the "
-                          f"schedule reaches its floor at the last step. The same run without a budget: --set "
-                          f"train.max_minutes=0 --set train.max_steps=N (N: the final count, in run.json)")
-        if self.total_steps <= cfg.schedule.warmup_steps:
-            self.console.info(f"warning: the budget fits {self.total_steps} steps, no more than schedule.warmup_steps "
-                              f"= {cfg.schedule.warmup_steps}: the LR never leaves its warmup. Lower "
-                              f"schedule.warmup_steps (or the model's size) so the schedule can reach its floor.")
-        st["train_seconds"] = clock()
-        t0 = time.monotonic()
-        self._settle_skips()
-        self.saver.save(reason="budget")
-        saved_s = time.monotonic() - t0
-        st["budget_reserve_seconds"] = eval_s + max(save_s, saved_s)
-        planner.fitted(step, clock())
-        self.metrics.write("event", event="budget_plan", step=step, planned_steps=self.total_steps,
-                           budget_seconds=planner.budget_s, step_seconds=round(step_s, 5),
-                           eval_seconds=round(eval_s, 4), save_seconds_estimate=round(save_s, 4),
-                           save_seconds=round(saved_s, 4), elapsed_seconds=round(clock(), 3))
-
-    def _budget_cut(self) -> None:
-        st = self.state
-        planned = st["planned_steps"]
-        self.metrics.write("event", event="budget_cut", step=st["step"], planned_steps=planned,
-                           elapsed_seconds=round(st["train_seconds"], 3))
-        why = "the machine ran slower than when the count was fitted" if planned else "train.fit_budget = false"
-        self.console.info(f"time budget spent at step {st['step']} of {planned or self.total_steps} ({why}): stopping "
-                          f"before the schedule reached its floor")
 
     def _settle_losses(self) -> None:
         """Feed the pending step losses to the spike detector (one sync); a spike becomes a pending rollback,
@@ -442,7 +363,7 @@ class RunManager:
                                                              f"the last {h.window}, the last {loss:.4f})"]
         st["health"] = self.detector.state_dict()
 
-    def _settle_skips(self) -> None:
+    def settle(self) -> None:
         """Read the pending per-step device values (one sync each): skipped-step flags, then losses."""
         self._settle_losses()
         if not self.pending_skips:
@@ -490,7 +411,7 @@ class RunManager:
         self.samples.close()
         return self._end("preempted", EXIT_PREEMPTED, f"{reason} at step {self.state['step']}")
 
-    def _evaluate(self) -> None:
+    def evaluate_now(self) -> None:
         cfg, st = self.cfg, self.state
         # One process may cut evaluation short on preemption; ranks must not, or their collectives would pair up wrong.
         stop = self.flag.check if not self.info.enabled else None

@@ -1,7 +1,8 @@
 """What a time budget buys: train a recipe for N minutes on the real files, then measure it.
 
     SLMTRAIN_DATA=../shared/data python tools/bench_quality.py recipes/tinystories.toml --minutes 10
-    python tools/bench_quality.py recipes/tinystories.toml --minutes 10 --set optim.name='adamw' --json out.json
+    python tools/bench_quality.py recipes/tinystories.toml --minutes 10 --set optim.name='adamw' --json out.jsonl
+    python tools/bench_quality.py --table out.jsonl        # a markdown table of the results gathered there
 
 Runs `slmtrain run RECIPE --set train.max_minutes=N` in this process (a fresh run directory under --out), then
 evaluates the final checkpoint on every window of the validation split (not only the recipe's eval batches),
@@ -88,15 +89,33 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def table(path: str) -> str:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    out = ["| run | changes | val bpb | val loss | steps | tokens | tokens/s | loop / budget |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name = r["name"].rsplit("-", 2)[0]
+        out.append(f"| {name} | {' '.join(f'`{s}`' for s in r['sets']) or '(recipe)'} | {r['val_bpb']:.4f} | "
+                   f"{r['val_loss']:.4f} | {r['steps']} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | "
+                   f"{r['loop_seconds']:.0f} s / {r['budget_seconds']:.0f} s |")
+    return "\n".join(out)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe")
-    p.add_argument("--minutes", type=float, required=True, help="the time budget (train.max_minutes)")
+    p.add_argument("recipe", nargs="?")
+    p.add_argument("--table", help="print a markdown table of the JSON lines in this file and exit")
+    p.add_argument("--minutes", type=float, help="the time budget (train.max_minutes)")
     p.add_argument("--set", dest="sets", action="append", default=[], help="section.key=value, repeatable")
     p.add_argument("--name", default="", help="label of this run (default: from the --set values)")
     p.add_argument("--out", default="runs/bench_quality", help="parent of the run directories")
     p.add_argument("--json", help="append the result as one JSON line to this file")
     args = p.parse_args()
+    if args.table:
+        print(table(args.table))
+        return 0
+    if not args.recipe or not args.minutes:
+        p.error("give a RECIPE and --minutes (or --table FILE)")
     if "SLMTRAIN_DATA" not in os.environ and Path("../shared/data").is_dir():
         os.environ["SLMTRAIN_DATA"] = str(Path("../shared/data").resolve())
     name = args.name or ("_".join(s.replace("'", "").replace("=", "-") for s in args.sets) or "recipe")
