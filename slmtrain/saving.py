@@ -98,19 +98,17 @@ class Saver:
 
     def wait(self) -> None:
         """Return once no background save is in flight (its failure handled by policy)."""
-        if self.background is None:
-            return
-        try:
-            self.background.wait()
-        except Exception as e:  # noqa: BLE001 - any write error is handled by policy
-            self._failed(e, final=False, step=self.pending_step)
+        self._background("wait")
 
     def poll(self) -> None:
         """Surface a background save's failure in the training loop."""
+        self._background("poll")
+
+    def _background(self, call: str) -> None:
         if self.background is None:
             return
         try:
-            self.background.poll()
+            getattr(self.background, call)()
         except Exception as e:  # noqa: BLE001 - any write error is handled by policy
             self._failed(e, final=False, step=self.pending_step)
 

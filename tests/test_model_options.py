@@ -41,6 +41,12 @@ def test_every_option_works_with_the_kv_cache(flavour: str, option: str) -> None
     cache = model.new_cache(2)
     parts = [model(idx[:, lo:hi], cache=cache)[0] for lo, hi in ((0, 7), (7, 8), (8, 16))]
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5, rtol=0)
+    # The fixed-shape decode step generation uses: prefill, then one position at a time.
+    cache = model.new_cache(2)
+    with torch.no_grad():
+        model(idx[:, :4], cache=cache)
+        steps = [model.decode_step(idx[:, p:p + 1], torch.tensor(p), cache) for p in range(4, 16)]
+    assert torch.allclose(torch.stack(steps, dim=1), full[:, 4:], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("flavour,option", CASES)
@@ -108,14 +114,3 @@ def test_defaults_leave_the_model_as_it_was(flavour: str) -> None:
     assert a.state_dict().keys() == b.state_dict().keys()
     assert torch.equal(a(idx)[0], b(idx)[0])
 
-
-@pytest.mark.parametrize("flavour,option", CASES)
-def test_the_fixed_shape_decode_step_matches_the_full_forward(flavour: str, option: str) -> None:
-    model = _trained(flavour, **OPTIONS[option])
-    idx = tokens(2, 16)
-    full = model(idx)[0]
-    cache = model.new_cache(2)
-    with torch.no_grad():
-        model(idx[:, :4], cache=cache)  # prefill, then one position at a time at a fixed shape
-        steps = [model.decode_step(idx[:, p:p + 1], torch.tensor(p), cache) for p in range(4, 16)]
-    assert torch.allclose(torch.stack(steps, dim=1), full[:, 4:], atol=1e-5, rtol=0)
