@@ -102,3 +102,12 @@ def all_mean(value: float, device: torch.device) -> float:
     t = torch.tensor([value], device=device, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item()) / dist.get_world_size()
+
+
+def all_mean_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Mean of `t` over ranks (a copy; `t` itself when there is one process)."""
+    if not dist.is_initialized():
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t / dist.get_world_size()

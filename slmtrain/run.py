@@ -352,7 +352,8 @@ class RunManager:
         acted on at the next log step (so a resumed run acts at the same step)."""
         if not self.pending_losses:
             return
-        values = torch.stack([v.float() for _, v in self.pending_losses]).tolist()
+        # Every rank must see the same losses to take the same decision: the mean over ranks.
+        values = dist.all_mean_tensor(torch.stack([v.float() for _, v in self.pending_losses])).tolist()
         steps = [s for s, _ in self.pending_losses]
         self.pending_losses.clear()
         st, h = self.state, self.cfg.health
