@@ -104,7 +104,7 @@ class OptimConfig:
     beta2: float = _f(0.95, "AdamW beta2.", lo=0.0, hi=0.999999)
     eps: float = _f(1e-8, "AdamW epsilon.", lo=0.0, hi=1.0)
     grad_clip: float = _f(1.0, "Clip the global grad norm to this (0: off).", lo=0.0)
-    fused: str = _f("auto", "Fused AdamW kernel (CUDA or CPU): auto (where it is faster), on, off.",
+    fused: str = _f("auto", "Fused AdamW kernel: auto (CUDA and CPU, where it is faster), on, off.",
                     choices=("auto", "on", "off"))
     muon_lr: float = _f(0.02, "Peak learning rate of Muon (hidden matrices; scaled by sqrt(max(1, rows/cols))).",
                         lo=0.0, hi=10.0)

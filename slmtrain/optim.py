@@ -53,7 +53,7 @@ def _groups(model: torch.nn.Module, cfg: OptimConfig) -> tuple[list[dict[str, An
     return [g for g in muon if g["params"]], [g for g in adam if g["params"]]
 
 
-_FUSED_AUTO = ("cuda",)
+_FUSED_AUTO = ("cuda", "cpu")  # CPU: 1.07x the foreach step, measured by tools/bench.py
 
 
 class MuonAdamW(torch.optim.Optimizer):

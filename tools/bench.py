@@ -121,6 +121,7 @@ n_layer = {n_layer}
 n_head = {n_head}
 n_embd = {d}
 seq_len = 256
+vocab_size = 4096
 [train]
 batch_size = 16
 max_steps = {steps}

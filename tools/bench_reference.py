@@ -55,7 +55,7 @@ class RefGPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         logits = F.linear(self.ln_f(x), self.wte.weight)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def train(data: np.ndarray, *, vocab: int, ctx: int, n_layer: int, n_head: int, d: int, batch: int, steps: int,
