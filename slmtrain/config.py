@@ -334,7 +334,9 @@ def from_dict(raw: Any, origin: str = "recipe") -> Config:
 def _cross_checks(cfg: Config) -> list[str]:
     p: list[str] = []
     m, t, d = cfg.model, cfg.train, cfg.data
-    if m.n_embd % m.n_head:
+    if m.n_head < 1:
+        pass  # reported by the field check; nothing below can divide by it
+    elif m.n_embd % m.n_head:
         p.append(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
     elif m.flavour == "llama" and (m.n_embd // m.n_head) % 2:
         p.append(f"model.n_embd / model.n_head ({m.n_embd // m.n_head}) must be even for RoPE (llama flavour)")

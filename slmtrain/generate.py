@@ -58,6 +58,8 @@ class _Decoder:
         # Single tokens after the prompt go through the fixed-shape decode step (compiled on request).
         self.step = _compiled_step(model) if compiled else model.decode_step
         self.token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        # FSDP2 gathers sharded weights in forward hooks only: a sharded model decodes through forward.
+        self.fixed = not any(type(m).__name__.startswith("FSDP") for m in model.modules())
 
     @property
     def full(self) -> bool:
@@ -66,7 +68,7 @@ class _Decoder:
 
     def next_logits(self) -> Tensor:
         """fp32 logits (vocab_size,) for the token after `ids`."""
-        if self.cache is not None and len(self.pending) == 1 and self.cache.length > 0:
+        if self.fixed and self.cache is not None and len(self.pending) == 1 and self.cache.length > 0:
             self.token.fill_(self.pending[0])
             pos = torch.tensor(self.cache.length, device=self.device)
             with _eval_mode(self.model):

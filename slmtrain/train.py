@@ -69,6 +69,8 @@ def train_step(model: torch.nn.Module, batches: Iterator[Batch], optimizer: torc
     params = [p for g in optimizer.param_groups for p in g["params"]]
     max_norm = grad_clip if grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2: the flag below must be a plain tensor
+        grad_norm = grad_norm.full_tensor()
     nonfinite = ~(torch.isfinite(total) & torch.isfinite(grad_norm))
     if scaler is not None:
         # The scaler skips steps with inf/nan gradients and lowers its scale: its normal calibration, not

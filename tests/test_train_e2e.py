@@ -164,18 +164,22 @@ def test_copying_a_checkpoint_keeps_it_usable(trained: Path, tmp_path: Path) -> 
 
 
 def test_tinystories_recipe_on_real_data(shared_data: Path, tmp_path: Path) -> None:
-    """The shipped recipe on real TinyStories text with the GPT-2 tokenizer, cut to a few steps."""
+    """The shipped recipe on real TinyStories text, cut to a few steps: with its trained BPE, and with GPT-2's."""
     import os
 
     env = {**os.environ, "SLMTRAIN_DATA": str(shared_data)}
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "tinystories.toml"
-    proc = run_cli("run", str(recipe), "--run-dir", str(tmp_path / "run"), "--set", "train.max_steps=6",
-                   "--set", "data.max_documents=300", "--set", "eval.every_steps=3", "--set", "eval.batches=2",
-                   "--set", f"data.cache_dir='{(tmp_path / 'cache').as_posix()}'", "--set", "log.every_steps=1",
-                   "--set", "train.batch_size=4", timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cfg = config.load(tmp_path / "run" / "recipe.toml")
+    common = ["--set", "train.max_steps=6", "--set", "train.max_minutes=0", "--set", "data.max_documents=300",
+              "--set", "eval.every_steps=3", "--set", "eval.batches=2", "--set", "log.every_steps=1",
+              "--set", f"data.cache_dir='{(tmp_path / 'cache').as_posix()}'", "--set", "train.batch_size=4"]
+    gpt2 = ["--set", "tokenizer.kind='gpt2'", "--set", f"tokenizer.path='{(shared_data / 'gpt2').as_posix()}'"]
+    for name, extra in (("bpe", []), ("gpt2", gpt2)):
+        proc = run_cli("run", str(recipe), "--run-dir", str(tmp_path / name), *common, *extra, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert train_losses(tmp_path / name)[6] < train_losses(tmp_path / name)[1]
+    cfg = config.load(tmp_path / "gpt2" / "recipe.toml")
     assert cfg.model.vocab_size == 50304  # GPT-2's 50,257 tokens rounded up to a multiple of 64
-    assert Tokenizer.from_file(tmp_path / "run" / "tokenizer.json").encode("Hello world") == [15496, 995]
-    losses = train_losses(tmp_path / "run")
-    assert losses[6] < losses[1]
+    assert Tokenizer.from_file(tmp_path / "gpt2" / "tokenizer.json").encode("Hello world") == [15496, 995]
+    bpe = config.load(tmp_path / "bpe" / "recipe.toml")
+    assert bpe.tokenizer.kind == "bpe" and bpe.model.vocab_size <= 4096 and bpe.model.qk_norm
+    assert Tokenizer.from_file(tmp_path / "bpe" / "tokenizer.json").vocab_size <= 4096
