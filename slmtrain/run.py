@@ -240,6 +240,8 @@ class RunManager:
             if st["planned_steps"]:
                 self.total_steps = st["planned_steps"]
                 set_total_steps(self.scheduler, self.total_steps)
+                if self.info.is_main:  # the checkpoint's count wins over one a lost attempt recorded
+                    runinfo.record(self.run_dir, planned_steps=self.total_steps)
         # Opened after a resume has cut the lost attempt's tail from the files, never before.
         main = self.info.is_main
         tb = TensorBoard.open(self.run_dir / "tensorboard", self.console) if main and cfg.log.tensorboard else None
