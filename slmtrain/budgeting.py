@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 from slmtrain import dist, runinfo
 from slmtrain.budget import BudgetPlanner, fit_steps
 from slmtrain.log import fmt_duration
 from slmtrain.optim import set_total_steps
 
-if TYPE_CHECKING:
-    from slmtrain.run import RunManager
+# `rm` below is the run's RunManager; typed loosely so this module does not import the one that imports it.
 
 
-def plan_budget(rm: RunManager, planner: BudgetPlanner, clock: Callable[[], float]) -> None:
+def plan_budget(rm: Any, planner: BudgetPlanner, clock: Callable[[], float]) -> None:
     """Fix the budget's step count after the probe (a save timed the step before), then refine it."""
     st = rm.state
     step = st["step"]
@@ -45,7 +44,7 @@ def plan_budget(rm: RunManager, planner: BudgetPlanner, clock: Callable[[], floa
             runinfo.record(rm.run_dir, planned_steps=new)
         planner.fitted(step, clock())
 
-def _fit_budget(rm: RunManager, planner: BudgetPlanner, clock: Callable[[], float]) -> None:
+def _fit_budget(rm: Any, planner: BudgetPlanner, clock: Callable[[], float]) -> None:
     """Fix the step count that fills the time budget and save at once, so the count is durable.
 
     Timed: this attempt's steps after its first few, one save the step before and one evaluation now.
@@ -89,7 +88,7 @@ def _fit_budget(rm: RunManager, planner: BudgetPlanner, clock: Callable[[], floa
                        eval_seconds=round(eval_s, 4), save_seconds_estimate=round(save_s, 4),
                        save_seconds=round(saved_s, 4), elapsed_seconds=round(clock(), 3))
 
-def budget_cut(rm: RunManager) -> None:
+def budget_cut(rm: Any) -> None:
     st = rm.state
     planned = st["planned_steps"]
     rm.metrics.write("event", event="budget_cut", step=st["step"], planned_steps=planned,

@@ -28,8 +28,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
-from slmtrain import config as config_mod
-from slmtrain import checkpoint
+import slmtrain.checkpoint as checkpoint
+import slmtrain.config as config_mod
 from slmtrain.checkpoint import find_resume, load_app_state
 from slmtrain.data.tokenizer import Tokenizer
 from slmtrain.errors import CheckpointError, DataError, UserError

@@ -20,7 +20,8 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from slmtrain import fsio, hflayout
+import slmtrain.fsio as fsio
+import slmtrain.hflayout as hflayout
 from slmtrain.checkpoint import read_meta
 from slmtrain.ckptload import load_model, resolve_checkpoint
 from slmtrain.config import Config

@@ -11,7 +11,7 @@ lands in the trainer state, the schedule or the loader cursor, all checkpointed:
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
 from slmtrain import dist, fsio
 from slmtrain.checkpoint import list_checkpoints
@@ -20,15 +20,14 @@ from slmtrain.manifest import LATEST_FILE
 from slmtrain.optim import set_total_steps
 from slmtrain.saving import restore
 
-if TYPE_CHECKING:
-    from slmtrain.run import RunManager
+# `rm` below is the run's RunManager; typed loosely so this module does not import the one that imports it.
 
 
 class RollbackFailed(SlmError):
     """The run is unhealthy and cannot roll back (no checkpoint before the trouble, or no retries left)."""
 
 
-def rollback_target(rm: RunManager, first_bad: int):
+def rollback_target(rm: Any, first_bad: int):
     """The newest sound on-grid checkpoint whose weights predate the first bad step's update, or None."""
     every = rm.cfg.checkpoint.every_steps
     # The loss of step k comes from the weights after k - 1 updates: those may be the bad ones.
@@ -37,7 +36,7 @@ def rollback_target(rm: RunManager, first_bad: int):
     return good[-1] if good else None
 
 
-def rollback(rm: RunManager) -> None:
+def rollback(rm: Any) -> None:
     st, h = rm.state, rm.cfg.health
     first_bad, why = st["pending_rollback"]
     now = st["step"]
@@ -79,7 +78,7 @@ def rollback(rm: RunManager) -> None:
                     f"since and running at {h.lr_scale:g}x the LR for {h.lr_scale_steps} steps")
 
 
-def _set_aside_after(rm: RunManager, step: int, n: int) -> list[str]:
+def _set_aside_after(rm: Any, step: int, n: int) -> list[str]:
     """Rename checkpoints newer than `step` out of discovery; `latest` names the rollback target."""
     names = []
     if rm.info.is_main:

@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
-from slmtrain import config as config_mod
-from slmtrain import dist, fsio, runinfo
+import slmtrain.config as config_mod
+import slmtrain.dist as dist
+import slmtrain.fsio as fsio
+import slmtrain.runinfo as runinfo
 from slmtrain.checkpoint import cleanup_tmp, find_resume, list_checkpoints
 from slmtrain.config import Config
 from slmtrain.data.prepare import PrepareInterrupted, prepare_data

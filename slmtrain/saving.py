@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -25,8 +25,7 @@ from slmtrain.optim import set_total_steps
 from slmtrain.reference import REFERENCE_POSITIONS, compute_reference
 from slmtrain.state import load_model_optim_state, model_optim_state, rng_state, set_rng_state
 
-if TYPE_CHECKING:
-    from slmtrain.run import RunManager
+# `rm` below is the run's RunManager; typed loosely so this module does not import the one that imports it.
 
 # Conservative write throughput used to estimate a save before the first one has been timed.
 _ASSUMED_WRITE_BYTES_PER_S = 100e6
@@ -43,9 +42,9 @@ def checkpoint_config(cfg: config_mod.Config, tokenizer_fingerprint: str) -> dic
 
 
 class Saver:
-    """Save policy for one RunManager."""
+    """Save policy for one Any."""
 
-    def __init__(self, rm: RunManager) -> None:
+    def __init__(self, rm: Any) -> None:
         self.rm = rm
         self.cfg = rm.cfg.checkpoint
         # DCP's collectives on a background thread would interleave with training's under a process group.
@@ -220,7 +219,7 @@ class Saver:
             self.background.close()
 
 
-def _check_compatible(rm: RunManager, saved: dict[str, Any], path: Path, saved_world: int) -> None:
+def _check_compatible(rm: Any, saved: dict[str, Any], path: Path, saved_world: int) -> None:
     try:
         old = config_mod.from_dict(saved["recipe"], origin=f"{path}/config.json")
     except (KeyError, TypeError, UserError) as e:
@@ -245,7 +244,7 @@ def _get(cfg: config_mod.Config, dotted: str) -> Any:
     return getattr(getattr(cfg, section), key)
 
 
-def restore(rm: RunManager, path: Path) -> int:
+def restore(rm: Any, path: Path) -> int:
     """Load everything a checkpoint holds into the freshly built components; returns its step."""
     meta = read_meta(path)
     _check_compatible(rm, fsio.read_json(path / "config.json"), path, int(meta.get("world_size", 1)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import subprocess
 import sys
@@ -25,9 +26,10 @@ def small_fs(tmp_path: Path):
     """A real 16 MiB tmpfs (needs root, which CI has), unmounted afterwards."""
     mnt = tmp_path / "small"
     mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()}")
+    assert proc.returncode == 0, f"root could not mount a tmpfs: {proc.stderr.strip()}"
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 

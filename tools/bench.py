@@ -296,10 +296,7 @@ def prepare_section(work: Path) -> dict[str, Any]:
     text = SHARED / "tinystories" / "train.txt"
     if not text.exists():
         return {"skipped": f"no {text}"}
-    out = {"gpt2": bench_train.bench_prepare(text, SHARED / "gpt2", work / "prep-gpt2")}
-    if hasattr(bench_train, "bench_prepare_bpe"):
-        out["bpe"] = bench_train.bench_prepare_bpe(text, work / "prep-bpe")
-    return out
+    return {"gpt2": bench_train.bench_prepare(text, SHARED / "gpt2", work / "prep-gpt2")}
 
 
 def checkpoint_section(work: Path) -> dict[str, Any]:
