@@ -103,7 +103,9 @@ def test_a_machine_that_slows_down_mid_run_stops_near_the_budget(tmp_path: Path,
     # Stopped at the budget plus its 1.5 % allowance, less the final evaluation and save it reserved, which
     # then ran on the slowed machine: a few reserves past the budget at most, never the whole planned run.
     reserve = meta["trainer"]["budget_reserve_seconds"]
-    assert budget * 1.015 - reserve <= meta["trainer"]["train_seconds"] <= budget * 1.015 + 4 * reserve + 1.0
+    # The loop's whole time, final evaluation and save included (the checkpoint's is taken a step earlier).
+    loop = events(run_dir, "summary")[0]["train_seconds"]
+    assert budget * 1.015 - reserve <= loop <= budget * 1.015 + 4 * reserve + 1.0
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
