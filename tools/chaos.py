@@ -131,11 +131,13 @@ def _wait_for_kill_moment(proc: subprocess.Popen, run_dir: Path, rng: random.Ran
         delay = rng.uniform(0.1, 2.5)
         return _still_running_after(proc, delay, f"start+{delay:.2f}s")
     base = _newest_committed(run_dir) or 0
-    max_steps = _planned_steps(run_dir, max_steps)
-    # Spread the remaining kills over the remaining steps, so the run does not end before they all land.
-    reach = max(1, 2 * (max_steps - 1 - base) // (kills_left + 1))
-    target = min(base + rng.randint(1, reach), max_steps - 1)
+    share = rng.random()
     while proc.poll() is None:
+        # Spread the remaining kills over the remaining steps, so the run does not end before they all
+        # land. A budgeted run fixes its count only after a few steps, so the target follows that count.
+        last = _planned_steps(run_dir, max_steps)
+        reach = max(1, 2 * (last - 1 - base) // (kills_left + 1))
+        target = min(base + 1 + int(share * reach), last - 1)
         fresh = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")
                  if r.get("kind") == "train" and r.get("time", 0) >= started]
         if fresh and max(fresh) >= target:
