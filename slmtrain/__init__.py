@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from slmtrain.model import GPT
     from slmtrain.verify import Report
 
-__version__ = "0.1.0"
+from slmtrain.version import __version__
+
 __all__ = ["load_recipe", "train", "resume", "verify", "load_model", "generate", "export", "__version__"]
 
 

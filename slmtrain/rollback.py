@@ -11,33 +11,32 @@ lands in the trainer state, the schedule or the loader cursor, all checkpointed:
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from slmtrain import dist, fsio
-from slmtrain.checkpoint import list_checkpoints
+import slmtrain.dist as dist
+import slmtrain.fsio as fsio
+from slmtrain.checkpoint import CheckpointInfo, list_checkpoints
 from slmtrain.errors import SlmError
 from slmtrain.manifest import LATEST_FILE
-from slmtrain.optim import set_total_steps
-from slmtrain.saving import restore
-
-# `rm` below is the run's RunManager; typed loosely so this module does not import the one that imports it.
+from slmtrain.saving import Saver, restore
+from slmtrain.trainstate import RunContext, TrainState
 
 
 class RollbackFailed(SlmError):
     """The run is unhealthy and cannot roll back (no checkpoint before the trouble, or no retries left)."""
 
 
-def rollback_target(rm: Any, first_bad: int):
+def rollback_target(ctx: RunContext, first_bad: int) -> CheckpointInfo | None:
     """The newest sound on-grid checkpoint whose weights predate the first bad step's update, or None."""
-    every = rm.cfg.checkpoint.every_steps
+    every = ctx.cfg.checkpoint.every_steps
     # The loss of step k comes from the weights after k - 1 updates: those may be the bad ones.
-    good = [c for c in list_checkpoints(rm.ckpt_root) if c.committed and not c.problems and c.step < first_bad - 1
+    good = [c for c in list_checkpoints(ctx.ckpt_root) if c.committed and not c.problems and c.step < first_bad - 1
             and (c.step % every == 0 if every else True) and c.step > 0]
     return good[-1] if good else None
 
 
-def rollback(rm: Any) -> None:
-    st, h = rm.state, rm.cfg.health
+def rollback(state: TrainState, ctx: RunContext, saver: Saver) -> None:
+    """Act on the pending rollback in `state`: reload, skip the bad data, cool the LR; or raise RollbackFailed."""
+    st, h = state.counters, ctx.cfg.health
     first_bad, why = st["pending_rollback"]
     now = st["step"]
     advice = ("lower optim.lr (or raise schedule.warmup_steps), tighten optim.grad_clip, or check the data, then "
@@ -45,45 +44,43 @@ def rollback(rm: Any) -> None:
     if st["rollbacks"] >= h.max_rollbacks:
         raise RollbackFailed(f"{why} at step {now}, after {st['rollbacks']} rollbacks already (health.max_rollbacks "
                              f"= {h.max_rollbacks}): {advice}")
-    target = rollback_target(rm, first_bad)
+    target = rollback_target(ctx, first_bad)
     if target is None:
         raise RollbackFailed(f"{why} at step {now}, and no sound checkpoint on the checkpoint.every_steps grid before "
                              f"step {first_bad - 1} to roll back to: {advice}")
     started = time.monotonic()
-    rm.saver.wait()
+    saver.wait()
     keep = {"rollbacks": st["rollbacks"] + 1, "data_skip": st["data_skip"] + now - target.step,
             "planned_steps": st["planned_steps"], "budget_reserve_seconds": st["budget_reserve_seconds"],
             "train_seconds": st["train_seconds"]}
-    restore(rm, target.path)
+    restore(state, ctx, target.path)
     st.update(keep, pending_rollback=None, consecutive_skipped=0)
-    rm.detector.load_state_dict(st["health"])
-    rm.detector.forget_streak()
-    rm.pending_losses.clear()
-    rm.pending_skips.clear()
-    rm.rebuild_loader(start_step=st["step"] + st["data_skip"])
-    set_total_steps(rm.scheduler, rm.total_steps)
-    for fn in rm.scheduler.lr_lambdas:
+    state.detector.forget_streak()
+    state.reposition_loader(st["step"] + st["data_skip"])
+    sched = state.scheduler
+    for fn in sched.lr_lambdas:
         fn.scale, fn.scale_until = h.lr_scale, st["step"] + h.lr_scale_steps
         fn.fault_until = 0  # an injected fault fires once per run
-    for group, base, fn in zip(rm.optimizer.param_groups, rm.scheduler.base_lrs, rm.scheduler.lr_lambdas):
-        group["lr"] = base * fn(rm.scheduler.last_epoch)
-    set_aside = _set_aside_after(rm, target.step, st["rollbacks"])
+    for group, base, fn in zip(state.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base * fn(sched.last_epoch)
+    set_aside = _set_aside_after(ctx, target.step, st["rollbacks"])
     seconds = time.monotonic() - started
-    rm.metrics.write("event", event="rollback", step=target.step, from_step=now, first_bad_step=first_bad,
-                     reason=why, rollbacks=st["rollbacks"], skipped_data_steps=now - target.step,
-                     lr_scale=h.lr_scale, lr_scale_until=st["step"] + h.lr_scale_steps, set_aside=set_aside,
-                     seconds=round(seconds, 3))
-    rm.console.info(f"step {now}: {why}. Rolled back to {target.path.name} in {seconds:.2f}s (rollback "
-                    f"{st['rollbacks']} of at most {h.max_rollbacks}), skipping the {now - target.step} steps of data "
-                    f"since and running at {h.lr_scale:g}x the LR for {h.lr_scale_steps} steps")
+    ctx.metrics.write("event", event="rollback", step=target.step, from_step=now, first_bad_step=first_bad,
+                      reason=why, rollbacks=st["rollbacks"], skipped_data_steps=now - target.step,
+                      lr_scale=h.lr_scale, lr_scale_until=st["step"] + h.lr_scale_steps, set_aside=set_aside,
+                      seconds=round(seconds, 3))
+    ctx.say(f"step {now}: {why}. Rolled back to {target.path.name} in {seconds:.2f}s (rollback "
+            f"{st['rollbacks']} of at most {h.max_rollbacks}), skipping the {now - target.step} steps of data "
+            f"since and running at {h.lr_scale:g}x the LR for {h.lr_scale_steps} steps")
 
 
-def _set_aside_after(rm: Any, step: int, n: int) -> list[str]:
+def _set_aside_after(ctx: RunContext, step: int, n: int) -> list[str]:
     """Rename checkpoints newer than `step` out of discovery; `latest` names the rollback target."""
     names = []
-    if rm.info.is_main:
+    root = ctx.ckpt_root
+    if ctx.info.is_main:
         target = None
-        for c in list_checkpoints(rm.ckpt_root):
+        for c in list_checkpoints(root):
             if c.step > step:
                 aside = c.path.with_name(f"{c.path.name}.rolledback-{n}")
                 c.path.rename(aside)
@@ -91,7 +88,7 @@ def _set_aside_after(rm: Any, step: int, n: int) -> list[str]:
             elif c.step == step:
                 target = c.path.name
         if target:
-            fsio.atomic_write_text(rm.ckpt_root / LATEST_FILE, target + "\n")
-        fsio.fsync_dir(rm.ckpt_root)
+            fsio.atomic_write_text(root / LATEST_FILE, target + "\n")
+        fsio.fsync_dir(root)
     dist.barrier()
     return names

@@ -30,12 +30,13 @@ from slmtrain.log import Console, MetricsWriter, TensorBoard, fmt_count, fmt_dur
 from slmtrain.model import GPT
 from slmtrain.plot import CurvesRefresher
 from slmtrain.budget import BudgetPlanner
-from slmtrain.budgeting import budget_cut, plan_budget
-from slmtrain.optim import build_optimizer, build_scheduler, set_total_steps
+from slmtrain.budgeting import BudgetRun, budget_cut, plan_budget
+from slmtrain.optim import build_optimizer, build_scheduler
 from slmtrain.preempt import EXIT_ABORTED, EXIT_PREEMPTED, NoticePoller, PreemptionFlag
 from slmtrain.saving import Saver, restore
 from slmtrain.state import seed_everything
 from slmtrain.train import bits_per_byte, evaluate, perplexity, train_step
+from slmtrain.trainstate import RunContext, TrainState
 
 
 _UNBOUNDED = 2**62  # a budgeted run's length until its step count is fitted
@@ -184,47 +185,44 @@ class RunManager:
             tok.save(self.run_dir / "tokenizer.json")
             fsio.atomic_write_text(self.run_dir / "recipe.toml", config_mod.to_toml(cfg))
         seed_everything(cfg.run.seed)
-        self.model = GPT(cfg.model).to(self.device)
+        model = self.model = GPT(cfg.model).to(self.device)
         if cfg.model.init_from and not self.resume:  # a resume loads the checkpoint's weights instead
             from slmtrain.export import load_init_weights
 
-            load_init_weights(cfg.model.init_from, self.model, tok.eos_id)
+            load_init_weights(cfg.model.init_from, model, tok.eos_id)
             self.console.info(f"initial weights from {cfg.model.init_from}")
         # FSDP2 replaces the parameters with sharded ones in place: wrap before the optimizer sees them.
-        self.parallel_model = dist.wrap_model(self.model, self.info, self.device, cfg.parallel.strategy)
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)
+        self.parallel_model = dist.wrap_model(model, self.info, self.device, cfg.parallel.strategy)
+        optimizer = build_optimizer(model, cfg.optim, self.device.type)
         t = cfg.train
         self.tokens_per_step = t.batch_size * t.grad_accum * cfg.model.seq_len * info.world_size
-        self.total_steps = self.step_cap()
-        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.total_steps, cfg.optim)
+        # The run's length before a time budget fits it: max_steps, or max_tokens in steps (whichever is set).
+        caps = [n for n in (t.max_steps, math.ceil(t.max_tokens / self.tokens_per_step) if t.max_tokens else 0) if n]
+        cap = min(caps) if caps else _UNBOUNDED
+        scheduler = build_scheduler(optimizer, cfg.schedule, cap, cfg.optim)
         if cfg.health.fault_lr_step:
             h = cfg.health
-            for fn in self.scheduler.lr_lambdas:
+            for fn in scheduler.lr_lambdas:
                 fn.fault, fn.fault_from, fn.fault_until = h.fault_lr_factor, h.fault_lr_step - 1, \
                     h.fault_lr_step - 1 + h.fault_lr_steps
-        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.run.precision == "fp16" else None
-        self.state: dict[str, Any] = {"step": 0, "tokens": 0, "skipped": 0, "consecutive_skipped": 0,
-                                      "best_val_loss": None, "train_seconds": 0.0, "planned_steps": None,
-                                      "budget_reserve_seconds": 0.0, "rollbacks": 0, "data_skip": 0,
-                                      "health": {}, "pending_rollback": None}
-        self.detector = SpikeDetector(cfg.health)
+        scaler = torch.amp.GradScaler(self.device.type) if cfg.run.precision == "fp16" else None
+        self.ts = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                             detector=SpikeDetector(cfg.health), make_loader=self._loader_at, total_steps=cap,
+                             step_cap=cap)
         self.pending_losses: list[tuple[int, torch.Tensor]] = []
         self.pending_skips: list[tuple[int, torch.Tensor]] = []
-        self.rebuild_loader(start_step=0)
         ev = cfg.eval
-        self.val_batches = eval_batches(self.prepared.valid_path, cfg.model.seq_len, ev.batch_size or t.batch_size,
-                                        ev.batches, cfg.run.seed + 1)
-        self.saver = Saver(self)
+        val_batches = eval_batches(self.prepared.valid_path, cfg.model.seq_len, ev.batch_size or t.batch_size,
+                                   ev.batches, cfg.run.seed + 1)
+        # Events go nowhere until the metrics file is opened (after a resume has cut the lost attempt's tail).
+        self.ctx = RunContext(cfg=cfg, info=info, device=self.device, run_dir=self.run_dir, tokenizer=tok,
+                              data_meta=self.prepared.meta, val_batches=val_batches,
+                              metrics=MetricsWriter(self.run_dir / "metrics.jsonl", enabled=False),
+                              say=self.console.info)
 
-    def step_cap(self) -> int:
-        """The run's length before a time budget fits it: max_steps, or max_tokens in steps (whichever is set)."""
-        t = self.cfg.train
-        caps = [n for n in (t.max_steps, math.ceil(t.max_tokens / self.tokens_per_step) if t.max_tokens else 0) if n]
-        return min(caps) if caps else _UNBOUNDED
-
-    def rebuild_loader(self, start_step: int) -> None:
+    def _loader_at(self, start_step: int) -> Any:
         cfg, info, t = self.cfg, self.info, self.cfg.train
-        self.loader = build_train_loader(
+        return build_train_loader(
             self.prepared.train_path, cfg.model.seq_len, t.batch_size, cfg.run.seed, info.rank, info.world_size,
             t.grad_accum, cfg.data.loader_workers, pin_memory=self.device.type == "cuda", start_step=start_step)
 
@@ -235,21 +233,22 @@ class RunManager:
     def _train(self) -> int:
         started = time.monotonic()
         self._build()
-        cfg, st = self.cfg, self.state
+        cfg, ts = self.cfg, self.ts
+        st = ts.counters
         if self.resume:
             resumed_from = self._restore()
-            self.detector.load_state_dict(st["health"])
             if st["planned_steps"]:
-                self.total_steps = st["planned_steps"]
-                set_total_steps(self.scheduler, self.total_steps)
+                ts.set_total_steps(st["planned_steps"])
                 if self.info.is_main:  # the checkpoint's count wins over one a lost attempt recorded
-                    runinfo.record(self.run_dir, planned_steps=self.total_steps)
+                    runinfo.record(self.run_dir, planned_steps=ts.total_steps)
         # Opened after a resume has cut the lost attempt's tail from the files, never before.
         main = self.info.is_main
         tb = TensorBoard.open(self.run_dir / "tensorboard", self.console) if main and cfg.log.tensorboard else None
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl", enabled=main, mirror=tb)
         self.samples = MetricsWriter(self.run_dir / "samples.jsonl", enabled=main, mirror=tb)
         self.curves = CurvesRefresher(self.run_dir) if main and cfg.log.curves else None
+        self.ctx.metrics = self.metrics
+        self.saver = Saver(ts, self.ctx)
         if self.resume:
             if resumed_from is not None:
                 self.metrics.write("event", event="resume", step=st["step"], checkpoint=resumed_from.name)
@@ -263,9 +262,8 @@ class RunManager:
             self.metrics.write("event", event="start", step=0, params=self.model.num_params(),
                                non_embedding_params=self.model.num_params(non_embedding=True))
         model = self._wrap()
-        batches = iter(self.loader)
+        batches = iter(ts.loader)
         t = cfg.train
-        self.last_eval_step = -1
         stop_reason = "finished"
         last_log = time.monotonic()
         tokens_at_log = st["tokens"]
@@ -277,12 +275,13 @@ class RunManager:
 
         def clock() -> float:
             return step_start_seconds + time.monotonic() - loop_start
+        budget_run = BudgetRun(ts, self.ctx, self.saver, evaluate=self.evaluate_now, settle=self.settle, clock=clock)
         if self.resume:
             ready = time.monotonic() - started
             self.metrics.write("event", event="resume_ready", step=st["step"], seconds=round(ready, 3))
             self.console.info(f"resumed at step {st['step']}: {ready:.2f}s from start to the first new step")
         while True:
-            if st["step"] >= self.total_steps:
+            if st["step"] >= ts.total_steps:
                 break
             if t.max_tokens and st["tokens"] >= t.max_tokens:
                 break
@@ -295,12 +294,12 @@ class RunManager:
             if verdict:
                 stop_reason = "preempted" if verdict == 2 else "finished (max_minutes)"
                 if verdict == 1:
-                    budget_cut(self)
+                    budget_cut(ts, self.ctx)
                 break
             self.saver.poll()
-            stats = train_step(model, batches, self.optimizer, self.scheduler, grad_accum=t.grad_accum,
+            stats = train_step(model, batches, ts.optimizer, ts.scheduler, grad_accum=t.grad_accum,
                                grad_clip=cfg.optim.grad_clip, device=self.device, precision=cfg.run.precision,
-                               scaler=self.scaler)
+                               scaler=ts.scaler)
             st["step"] += 1
             st["tokens"] += stats.tokens * self.info.world_size
             st["train_seconds"] = step_start_seconds + time.monotonic() - loop_start
@@ -311,8 +310,8 @@ class RunManager:
             else:
                 self._after_skip(stats.skipped, step)
             if planner is not None:
-                plan_budget(self, planner, clock)
-            if step % cfg.log.every_steps == 0 or step == 1 or step == self.total_steps:
+                plan_budget(budget_run, planner)
+            if step % cfg.log.every_steps == 0 or step == 1 or step == ts.total_steps:
                 self.settle()
                 # .item() syncs with the device: only on log steps.
                 loss = dist.all_mean(stats.loss.item(), self.device)
@@ -322,16 +321,18 @@ class RunManager:
                 lr = stats.lr
                 self.metrics.write("train", step=step, tokens=st["tokens"], loss=loss, lr=lr,
                                    grad_norm=float(stats.grad_norm.item()), tokens_per_s=round(tps, 1))
-                eta = (self.total_steps - step) * self.tokens_per_step / max(tps, 1e-9)
-                total = "?" if self.total_steps == _UNBOUNDED else self.total_steps
+                eta = (ts.total_steps - step) * self.tokens_per_step / max(tps, 1e-9)
+                total = "?" if ts.total_steps == _UNBOUNDED else ts.total_steps
                 self.console.progress(f"step {step}/{total} | loss {loss:.4f} | lr {lr:.2e} | "
                                       f"{fmt_count(tps)} tok/s | ETA {fmt_duration(eta) if total != '?' else '?'}")
                 # Decisions happen on log steps only, so a preempted and resumed run decides at the same steps.
                 if st["pending_rollback"] is not None:
-                    rollback(self)
-                    batches = iter(self.loader)
+                    rollback(ts, self.ctx, self.saver)
+                    self.pending_losses.clear()
+                    self.pending_skips.clear()
+                    batches = iter(ts.loader)
                     continue
-            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < self.total_steps:
+            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < ts.total_steps:
                 self.evaluate_now()
             if step == self.first_step + 3:  # a few steps into every attempt, once the timing means something
                 self.saver.warn_if_over_grace((st["train_seconds"] - step_start_seconds) / 3)
@@ -341,7 +342,7 @@ class RunManager:
         self.settle()
         if stop_reason == "preempted":
             return self._preempt_exit()
-        if self.last_eval_step != st["step"]:
+        if ts.last_eval is None or ts.last_eval[0] != st["step"]:
             self.evaluate_now()
         self.saver.save(reason="final", wait=True)
         # The training loop's time as a budget counts it: steps, evaluations and saves, the final ones included.
@@ -360,13 +361,12 @@ class RunManager:
         values = dist.all_mean_tensor(torch.stack([v.float() for _, v in self.pending_losses])).tolist()
         steps = [s for s, _ in self.pending_losses]
         self.pending_losses.clear()
-        st, h = self.state, self.cfg.health
+        st, h = self.ts.counters, self.cfg.health
         for step, loss in zip(steps, values):
-            verdict = self.detector.update(step, loss)
+            verdict = self.ts.detector.update(step, loss)
             if verdict.spike and h.rollback and st["pending_rollback"] is None:
                 st["pending_rollback"] = [verdict.first_bad, f"loss spike ({h.patience} losses in a row far above "
                                                              f"the last {h.window}, the last {loss:.4f})"]
-        st["health"] = self.detector.state_dict()
 
     def settle(self) -> None:
         """Read the pending per-step device values (one sync each): skipped-step flags, then losses."""
@@ -380,7 +380,7 @@ class RunManager:
             self._after_skip(bool(flag), step)
 
     def _after_skip(self, skipped: bool, step: int) -> None:
-        st = self.state
+        st = self.ts.counters
         if not skipped:
             st["consecutive_skipped"] = 0
             return
@@ -402,30 +402,30 @@ class RunManager:
 
     def _preempt_exit(self) -> int:
         reason = self.flag.reason or "signal"
-        self.console.info(f"preemption ({reason}) at step {self.state['step']}: saving")
-        self.metrics.write("event", event="preempt", step=self.state["step"], signal=reason)
+        step = self.ts.counters["step"]
+        self.console.info(f"preemption ({reason}) at step {step}: saving")
+        self.metrics.write("event", event="preempt", step=step, signal=reason)
         self.saver.save(reason="preempt", wait=True)
         since = self.flag.seconds_since() or 0.0
         grace = self.cfg.checkpoint.grace_seconds
         over = since > grace
-        self.metrics.write("event", event="preempt_saved", step=self.state["step"], seconds=round(since, 3),
+        self.metrics.write("event", event="preempt_saved", step=step, seconds=round(since, 3),
                            grace_seconds=grace, over_grace=over)
         self.console.info(f"checkpoint durable {since:.2f}s after {reason} (grace {grace:.0f}s"
                           f"{', EXCEEDED' if over else ''}); exiting {EXIT_PREEMPTED} so the scheduler requeues")
         self.metrics.close()
         self.samples.close()
-        return self._end("preempted", EXIT_PREEMPTED, f"{reason} at step {self.state['step']}")
+        return self._end("preempted", EXIT_PREEMPTED, f"{reason} at step {step}")
 
     def evaluate_now(self) -> None:
-        cfg, st = self.cfg, self.state
+        cfg, st = self.cfg, self.ts.counters
         # One process may cut evaluation short on preemption; ranks must not, or their collectives would pair up wrong.
         stop = self.flag.check if not self.info.enabled else None
-        loss = evaluate(self.model, self.val_batches, self.device, cfg.run.precision, should_stop=stop)
+        loss = evaluate(self.model, self.ctx.val_batches, self.device, cfg.run.precision, should_stop=stop)
         if loss is None:
             return
         loss = dist.all_mean(loss, self.device)
-        self.last_eval_step = st["step"]
-        self.last_val_loss = loss
+        self.ts.last_eval = (st["step"], loss)
         if st["best_val_loss"] is None or loss < st["best_val_loss"]:
             st["best_val_loss"] = loss
         bpb = bits_per_byte(loss, self.prepared.meta["splits"]["valid"]["tokens_per_byte"])
@@ -461,9 +461,9 @@ class RunManager:
             self.console.info("no checkpoint yet: starting from step 0")
             self._truncate_metrics(0)
             return None
-        step = restore(self, path)
+        step = restore(self.ts, self.ctx, path)
         self._truncate_metrics(step)
-        self.console.info(f"resuming from {path.name} (step {step}, {fmt_count(self.state['tokens'])} tokens)")
+        self.console.info(f"resuming from {path.name} (step {step}, {fmt_count(self.ts.counters['tokens'])} tokens)")
         return path
 
     def _truncate_metrics(self, step: int) -> None:
@@ -477,7 +477,7 @@ class RunManager:
 
     def _summary(self, wall: float) -> None:
         """Figures over the whole run (all attempts), read back from metrics.jsonl."""
-        st = self.state
+        st = self.ts.counters
         records = read_jsonl(self.run_dir / "metrics.jsonl")
         train = [r["loss"] for r in records if r.get("kind") == "train"]
         val = [r["val_loss"] for r in records if r.get("kind") == "eval"]

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slmtrain import __version__, fsio
+import slmtrain.fsio as fsio
+from slmtrain.version import __version__
 from slmtrain.checkpoint import list_checkpoints
 from slmtrain.log import fmt_count, read_jsonl
 
@@ -74,7 +75,8 @@ def _dir_size(path: Path) -> int:
 
 
 def _export_readiness(run_dir: Path) -> str:
-    from slmtrain import config, hflayout
+    import slmtrain.config as config
+    import slmtrain.hflayout as hflayout
     from slmtrain.errors import UserError
 
     try:

@@ -15,17 +15,17 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from slmtrain import config as config_mod
-from slmtrain import diskspace, dist, fsio, runinfo
+import slmtrain.config as config_mod
+import slmtrain.diskspace as diskspace
+import slmtrain.dist as dist
+import slmtrain.fsio as fsio
+import slmtrain.runinfo as runinfo
 from slmtrain.asyncsave import AsyncSaver, snapshot
 from slmtrain.checkpoint import load_app_state, prune, read_meta, read_rank_state, save_checkpoint
 from slmtrain.errors import CheckpointError, SlmError, UserError
 from slmtrain.model import GPT
-from slmtrain.optim import set_total_steps
 from slmtrain.reference import REFERENCE_POSITIONS, compute_reference
-from slmtrain.state import load_model_optim_state, model_optim_state, rng_state, set_rng_state
-
-# `rm` below is the run's RunManager; typed loosely so this module does not import the one that imports it.
+from slmtrain.trainstate import RunContext, TrainState
 
 # Conservative write throughput used to estimate a save before the first one has been timed.
 _ASSUMED_WRITE_BYTES_PER_S = 100e6
@@ -42,15 +42,15 @@ def checkpoint_config(cfg: config_mod.Config, tokenizer_fingerprint: str) -> dic
 
 
 class Saver:
-    """Save policy for one Any."""
+    """Save policy for one attempt: writes `state` as a checkpoint under `ctx.ckpt_root`."""
 
-    def __init__(self, rm: Any) -> None:
-        self.rm = rm
-        self.cfg = rm.cfg.checkpoint
+    def __init__(self, state: TrainState, ctx: RunContext) -> None:
+        self.state, self.ctx = state, ctx
+        self.cfg = ctx.cfg.checkpoint
         # DCP's collectives on a background thread would interleave with training's under a process group.
-        self.background = AsyncSaver() if self.cfg.async_save and not rm.info.enabled else None
-        if self.cfg.async_save and rm.info.enabled:
-            rm.console.info("checkpoint.async_save is ignored with several processes: saves are synchronous")
+        self.background = AsyncSaver() if self.cfg.async_save and not ctx.info.enabled else None
+        if self.cfg.async_save and ctx.info.enabled:
+            ctx.say("checkpoint.async_save is ignored with several processes: saves are synchronous")
         self.pending_step: int | None = None
         self.last_time = time.monotonic()
         self.last_path: Path | None = None
@@ -60,20 +60,20 @@ class Saver:
     # ------------------------------------------------------------------------------------ policy
     def periodic_due(self) -> bool:
         """Whether a periodic save is due at this step (every N steps or minutes; the final save is separate)."""
-        step = self.rm.state["step"]
-        if step >= self.rm.total_steps:
+        step = self.state.counters["step"]
+        if step >= self.state.total_steps:
             return False  # the final save follows
         by_steps = bool(self.cfg.every_steps) and step % self.cfg.every_steps == 0
         by_time = bool(self.cfg.every_minutes) and time.monotonic() - self.last_time >= self.cfg.every_minutes * 60
         # Ranks must agree: a wall-clock trigger can fire on one rank and not another.
-        return by_steps or bool(self.cfg.every_minutes and dist.max_over_ranks(int(by_time), self.rm.device))
+        return by_steps or bool(self.cfg.every_minutes and dist.max_over_ranks(int(by_time), self.ctx.device))
 
     def expected_bytes(self) -> int:
         """What the next checkpoint will take on disk: the last one's size, or weights + optimizer state."""
         if self.last_bytes is not None:
             return self.last_bytes
-        weights = sum(p.numel() * p.element_size() for p in self.rm.model.parameters())
-        state = sum(t.numel() * t.element_size() for s in self.rm.optimizer.state.values() for t in s.values()
+        weights = sum(p.numel() * p.element_size() for p in self.state.model.parameters())
+        state = sum(t.numel() * t.element_size() for s in self.state.optimizer.state.values() for t in s.values()
                     if isinstance(t, torch.Tensor))
         return weights + max(state, 2 * weights) + 2**20
 
@@ -81,7 +81,7 @@ class Saver:
         """Seconds one save costs the training loop: the last one's, or from the state's size until timed."""
         if self.last_seconds is not None:
             return self.last_seconds
-        nbytes = sum(p.numel() * p.element_size() for p in self.rm.model.parameters()) * 3  # weights + Adam m, v
+        nbytes = sum(p.numel() * p.element_size() for p in self.state.model.parameters()) * 3  # weights + Adam m, v
         return nbytes / _ASSUMED_WRITE_BYTES_PER_S
 
     def warn_if_over_grace(self, step_seconds: float) -> None:
@@ -91,8 +91,8 @@ class Saver:
         if step_seconds + save_s > grace:
             msg = (f"warning: one step ({step_seconds:.1f}s) plus one save (~{save_s:.1f}s) exceeds "
                    f"checkpoint.grace_seconds = {grace:.0f}s: a preemption may kill the run before its save is durable")
-            self.rm.console.info(msg)
-            self.rm.metrics.write("event", event="grace_warning", step=self.rm.state["step"],
+            self.ctx.say(msg)
+            self.ctx.metrics.write("event", event="grace_warning", step=self.state.counters["step"],
                                   estimate_seconds=round(step_seconds + save_s, 3), grace_seconds=grace)
 
     def wait(self) -> None:
@@ -113,7 +113,7 @@ class Saver:
 
     def save(self, reason: str, wait: bool = False) -> None:
         """Write a checkpoint at the current step. `wait`: return only once it is durable."""
-        rm = self.rm
+        ctx = self.ctx
         started = time.monotonic()
         if self.background is not None:
             try:
@@ -121,9 +121,9 @@ class Saver:
             except Exception as e:  # noqa: BLE001 - the earlier save's failure; this one still goes ahead
                 self._failed(e, final=False, step=self.pending_step)
         needed = self.expected_bytes()
-        problem = diskspace.space_problem(rm.ckpt_root, needed)
+        problem = diskspace.space_problem(ctx.ckpt_root, needed)
         # Every rank writes its part, so all skip when any cannot (a lone rank in DCP's collectives would hang).
-        if dist.max_over_ranks(int(problem is not None), rm.device):
+        if dist.max_over_ranks(int(problem is not None), ctx.device):
             problem = problem or "another rank's filesystem has no room for its part of the checkpoint"
             # Said before anything is written: no partial directory, nothing to clean up.
             self._failed(OSError(errno.ENOSPC, problem), final=wait, cause=problem + " (checked before writing)")
@@ -138,10 +138,10 @@ class Saver:
                 stall = time.monotonic() - started
                 self.pending_step = payload["step"]
                 self.background.submit(lambda: self._write(self._with_reference(payload, None), started))
-                rm.metrics.write("event", event="save_submitted", step=rm.state["step"], reason=reason,
+                ctx.metrics.write("event", event="save_submitted", step=payload["step"], reason=reason,
                                  stall_seconds=round(stall, 4))
                 return
-            self._write(self._with_reference(payload, rm.model), started)
+            self._write(self._with_reference(payload, self.state.model), started)
         except Exception as e:  # noqa: BLE001
             self._failed(e, final=wait)
             return
@@ -149,41 +149,40 @@ class Saver:
             self.last_time = time.monotonic()
 
     def _failed(self, error: Exception, final: bool, step: int | None = None, cause: str | None = None) -> None:
-        step = self.rm.state["step"] if step is None else step
-        cause = cause or diskspace.describe(error, self.rm.ckpt_root, self.expected_bytes())
+        step = self.state.counters["step"] if step is None else step
+        cause = cause or diskspace.describe(error, self.ctx.ckpt_root, self.expected_bytes())
         msg = (f"checkpoint save at step {step} failed: {cause}. The previous checkpoint "
                f"({self.last_path.name if self.last_path else 'none'}) is intact.")
-        self.rm.metrics.write("event", event="save_failed", step=step, cause=cause,
+        self.ctx.metrics.write("event", event="save_failed", step=step, cause=cause,
                               error=f"{type(error).__name__}: {error}")
         if final or self.cfg.on_error == "stop":
             raise SaveFailed(msg) from error
-        self.rm.console.info(msg + " Training continues (checkpoint.on_error = 'continue'); retrying at the next "
+        self.ctx.say(msg + " Training continues (checkpoint.on_error = 'continue'); retrying at the next "
                              "interval.")
 
     # ---------------------------------------------------------------------------------- contents
     def _package(self, reason: str) -> dict[str, Any]:
-        rm = self.rm
-        st = rm.state
-        tok = rm.tokenizer
-        x, y = rm.val_batches[0]
+        ctx, st = self.ctx, self.state
+        counters = st.counters
+        tok = ctx.tokenizer
+        x, y = ctx.val_batches[0]
         n = min(REFERENCE_POSITIONS, x.shape[1])
         reference_inputs = ([(p, tok.encode(p)) for p in self.cfg.reference_prompts],
                             torch.cat([x[:1, :n], y[:1, n - 1:n]], dim=1))
-        val_loss = getattr(rm, "last_val_loss", None) if rm.last_eval_step == st["step"] else None
+        val_loss = st.last_eval[1] if st.last_eval and st.last_eval[0] == counters["step"] else None
+        pieces = st.collect()
         meta = {
-            "reason": reason, "tokens": st["tokens"], "trainer": dict(st), "val_loss": val_loss,
-            "best_val_loss": st["best_val_loss"], "scheduler": rm.scheduler.state_dict(),
-            "scaler": rm.scaler.state_dict() if rm.scaler is not None else None,
-            "tokenizer_fingerprint": tok.fingerprint, "params": rm.model.num_params(),
-            "data_fingerprints": rm.prepared.meta["source_fingerprints"],
+            "reason": reason, "tokens": counters["tokens"], "val_loss": val_loss,
+            "best_val_loss": counters["best_val_loss"], "scaler": None, **pieces["meta"],
+            "tokenizer_fingerprint": tok.fingerprint, "params": st.model.num_params(),
+            "data_fingerprints": ctx.data_meta["source_fingerprints"],
         }
         files = {
-            "config.json": fsio.dumps_json(checkpoint_config(rm.cfg, tok.fingerprint)),
+            "config.json": fsio.dumps_json(checkpoint_config(ctx.cfg, tok.fingerprint)),
             "tokenizer.json": tok.to_json().encode("utf-8"),
         }
-        return {"step": st["step"], "app": model_optim_state(rm.model, rm.optimizer),
-                "rank": {"rng": rng_state(), "loader": rm.loader.state_dict()}, "files": files, "meta": meta,
-                "reference_inputs": reference_inputs}
+        return {"step": counters["step"], "app": pieces["app"], "rank": pieces["rank"], "files": files,
+                "meta": meta, "reference_inputs": reference_inputs}
 
     def _with_reference(self, p: dict[str, Any], model: GPT | None) -> dict[str, Any]:
         """Add the reference generations and log-probs of `model`, or of one rebuilt from the payload's copy."""
@@ -191,7 +190,7 @@ class Saver:
             # Built on the meta device: a random init here would draw from the global RNG the training
             # thread is using at the same moment, and resume would no longer be exact.
             with torch.device("meta"):
-                model = GPT(self.rm.cfg.model)
+                model = GPT(self.ctx.cfg.model)
             model.load_state_dict(p["app"]["model"], strict=True, assign=True)
         prompts, batch = p["reference_inputs"]
         ref_meta, ref_tensors = compute_reference(model, prompts, self.cfg.reference_tokens, batch)
@@ -200,18 +199,18 @@ class Saver:
         return p
 
     def _write(self, p: dict[str, Any], started: float) -> None:
-        rm = self.rm
-        info = rm.info
-        path = save_checkpoint(rm.ckpt_root, p["step"], p["app"], p["rank"], p["files"], p["meta"],
-                               rank=info.rank, world_size=info.world_size, log=rm.console.info)
+        ctx = self.ctx
+        info = ctx.info
+        path = save_checkpoint(ctx.ckpt_root, p["step"], p["app"], p["rank"], p["files"], p["meta"],
+                               rank=info.rank, world_size=info.world_size, log=ctx.say)
         # Not while preempted: pruning re-hashes the kept checkpoints, time the grace period may not have.
         if info.is_main and p["meta"]["reason"] != "preempt":
-            prune(rm.ckpt_root, self.cfg.keep_last, self.cfg.keep_best, protect={path})
+            prune(ctx.ckpt_root, self.cfg.keep_last, self.cfg.keep_best, protect={path})
         self.last_path = path
         self.last_seconds = time.monotonic() - started
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         self.last_bytes = size
-        rm.metrics.write("event", event="save", step=p["step"], reason=p["meta"]["reason"], path=path.name,
+        ctx.metrics.write("event", event="save", step=p["step"], reason=p["meta"]["reason"], path=path.name,
                          seconds=round(self.last_seconds, 4), bytes=size)
 
     def close(self) -> None:
@@ -219,22 +218,22 @@ class Saver:
             self.background.close()
 
 
-def _check_compatible(rm: Any, saved: dict[str, Any], path: Path, saved_world: int) -> None:
+def _check_compatible(ctx: RunContext, saved: dict[str, Any], path: Path, saved_world: int) -> None:
     try:
         old = config_mod.from_dict(saved["recipe"], origin=f"{path}/config.json")
     except (KeyError, TypeError, UserError) as e:
         raise CheckpointError(f"{path}/config.json does not hold a valid recipe: {e}") from None
-    unsafe = [k for k in config_mod.diff(old, rm.cfg) if k not in config_mod.RESUME_SAFE_KEYS]
+    unsafe = [k for k in config_mod.diff(old, ctx.cfg) if k not in config_mod.RESUME_SAFE_KEYS]
     # The split of the global batch into processes x accumulation x micro-batch may change with the world
     # size: the global sample indices of every step, hence the data, stay the same.
     split = {"train.batch_size", "train.grad_accum"}
-    new, was = rm.cfg.train, old.train
+    new, was = ctx.cfg.train, old.train
     if set(unsafe) <= split and \
-            new.batch_size * new.grad_accum * rm.info.world_size == was.batch_size * was.grad_accum * saved_world:
+            new.batch_size * new.grad_accum * ctx.info.world_size == was.batch_size * was.grad_accum * saved_world:
         unsafe = []
     if unsafe:
-        changes = ", ".join(f"{k} ({_get(old, k)!r} -> {_get(rm.cfg, k)!r})" for k in unsafe)
-        raise UserError(f"cannot resume {rm.run_dir} with a changed recipe: {changes}. These keys change the "
+        changes = ", ".join(f"{k} ({_get(old, k)!r} -> {_get(ctx.cfg, k)!r})" for k in unsafe)
+        raise UserError(f"cannot resume {ctx.run_dir} with a changed recipe: {changes}. These keys change the "
                         f"numbers a run computes; only scheduling, logging, eval and checkpoint keys may change on "
                         f"resume. Undo the change, or start a new run with `slmtrain run`.")
 
@@ -244,35 +243,26 @@ def _get(cfg: config_mod.Config, dotted: str) -> Any:
     return getattr(getattr(cfg, section), key)
 
 
-def restore(rm: Any, path: Path) -> int:
-    """Load everything a checkpoint holds into the freshly built components; returns its step."""
+def restore(state: TrainState, ctx: RunContext, path: Path) -> int:
+    """Load everything a checkpoint holds into the freshly built `state`; returns its step."""
     meta = read_meta(path)
-    _check_compatible(rm, fsio.read_json(path / "config.json"), path, int(meta.get("world_size", 1)))
-    if meta.get("tokenizer_fingerprint") != rm.tokenizer.fingerprint:
+    _check_compatible(ctx, fsio.read_json(path / "config.json"), path, int(meta.get("world_size", 1)))
+    if meta.get("tokenizer_fingerprint") != ctx.tokenizer.fingerprint:
         raise UserError(f"cannot resume from {path}: the tokenizer built for this run differs from the one the "
                         f"checkpoint was trained with (the training data or tokenizer files changed?). Restore "
                         f"them, or start a new run with `slmtrain run`.")
-    if meta.get("data_fingerprints", rm.prepared.meta["source_fingerprints"]) != rm.prepared.meta["source_fingerprints"]:
+    fingerprints = ctx.data_meta["source_fingerprints"]
+    if meta.get("data_fingerprints", fingerprints) != fingerprints:
         raise UserError(f"cannot resume from {path}: the training or validation data changed since the checkpoint "
                         f"was written (source fingerprints differ), so the run would not continue as it began. "
                         f"Restore the data files, or start a new run with `slmtrain run`.")
-    app = model_optim_state(rm.model, rm.optimizer)
+    app = state.app_template()
     load_app_state(path, app)
-    load_model_optim_state(rm.model, rm.optimizer, app)
-    info = rm.info
-    rank = read_rank_state(path, info.rank if info.world_size == meta.get("world_size") else 0)
-    set_rng_state(rank["rng"])
-    if meta.get("world_size") == info.world_size:
-        rm.loader.load_state_dict(rank["loader"])
-    else:
-        # Another world size with the same global batch: windows are a pure function of the global sample
-        # index, so the cursor is the step alone.
-        rm.rebuild_loader(start_step=int(meta["step"]) + int(meta["trainer"].get("data_skip", 0)))
-    rm.scheduler.load_state_dict(meta["scheduler"])
-    # The schedule's length follows the current recipe (max_steps may be raised on resume), or the step count
-    # a time budget fixed (applied by the run once the trainer state below is in).
-    set_total_steps(rm.scheduler, rm.total_steps)
-    if rm.scaler is not None and meta.get("scaler"):
-        rm.scaler.load_state_dict(meta["scaler"])
-    rm.state.update(meta["trainer"])
+    info = ctx.info
+    same_world = info.world_size == meta.get("world_size")
+    rank = read_rank_state(path, info.rank if same_world else 0)
+    # Another world size with the same global batch: windows are a pure function of the global sample index,
+    # so the cursor is the step alone.
+    loader_step = None if same_world else int(meta["step"]) + int(meta["trainer"].get("data_skip", 0))
+    state.apply(app, rank, meta, loader_step=loader_step)
     return int(meta["step"])

@@ -46,8 +46,9 @@ def _budget_run(tmp_path: Path, cache: Path, name: str, *sets: str) -> Path:
 def test_a_time_budget_fits_the_step_count_and_a_rerun_with_that_count_is_identical(tmp_path: Path, cache: Path,
                                                                                    kind: str) -> None:
     # A generous overrun allowance: this test is about the fitted count, not about a noisy machine.
+    # Warmup short enough that even a slow, busy machine fits more steps than it: the floor is then reached.
     run_dir = _budget_run(tmp_path, cache, "budget", "train.max_minutes=0.08", "train.budget_overrun=10.0",
-                          f"schedule.kind='{kind}'")
+                          f"schedule.kind='{kind}'", "schedule.warmup_steps=10")
     plan = events(run_dir, "budget_plan")
     assert len(plan) == 1 and plan[0]["step"] == 8
     refits = events(run_dir, "budget_refit")
@@ -67,7 +68,7 @@ def test_a_time_budget_fits_the_step_count_and_a_rerun_with_that_count_is_identi
     assert read_json(run_dir / "run.json")["attempts"][-1]["reason"] == "finished"
     # The count is the whole story: the same recipe with max_steps = planned and no budget is the same run.
     again = _budget_run(tmp_path, cache, "fixed", "train.max_minutes=0", f"train.max_steps={planned}",
-                        f"schedule.kind='{kind}'")
+                        f"schedule.kind='{kind}'", "schedule.warmup_steps=10")
     assert train_losses(again) == train_losses(run_dir)
     assert not events(again, "budget_plan")
     a, b = final_weights(run_dir), final_weights(again)
@@ -87,8 +88,9 @@ def test_a_machine_that_slows_down_mid_run_stops_near_the_budget(tmp_path: Path,
         while not (run_dir / "metrics.jsonl").exists() or not events(run_dir, "budget_plan"):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
             time.sleep(0.02)
-        # A real slowdown: processes competing for the cores once the count has been fitted.
-        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4)]
+        # A real slowdown: processes competing for the cores once the count has been fitted (enough of them to
+        # slow the run several times over even when the machine was already busy while it fitted).
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(8)]
         _, err = proc.communicate(timeout=300)
     finally:
         for h in hogs:
