@@ -53,7 +53,7 @@ from slmtrain.manifest import (
 # ------------------------------------------------------------------------------------------------ save
 def save_checkpoint(root: Path, step: int, app_state: dict[str, Any], rank_state: dict[str, Any],
                     files: dict[str, bytes], meta: dict[str, Any], *, rank: int = 0, world_size: int = 1,
-                    log: Callable[[str], None] | None = None) -> Path:
+                    log: Callable[[str], None] | None = None, group: Any = None) -> Path:
     """Write and commit the checkpoint for `step` under `root` (created if missing), then point `latest` at it.
 
     Args:
@@ -67,6 +67,8 @@ def save_checkpoint(root: Path, step: int, app_state: dict[str, Any], rank_state
             collectives make rank 0 commit after every rank's files exist; other ranks may return before
             the rename, so barrier afterwards wherever every rank must see the commit.
         log: told when an unsound existing `step_N/` is moved aside (default: warnings.warn).
+        group: the process group for the save's collectives (default: the global one). A save on a
+            background thread needs a group of its own, so its collectives never pair with training's.
 
     Returns:
         The committed directory. If `step_N/` already exists and verifies, it is kept as is and returned
@@ -87,7 +89,7 @@ def save_checkpoint(root: Path, step: int, app_state: dict[str, Any], rank_state
     final = root / step_dir_name(step)
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-    token = _from_rank0(_claim(final, log) if rank == 0 else None, world_size)
+    token = _from_rank0(_claim(final, log) if rank == 0 else None, world_size, group)
     if token is None:  # already committed
         if rank == 0:
             fsio.atomic_write_text(root / LATEST_FILE, final.name + "\n")
@@ -100,7 +102,7 @@ def save_checkpoint(root: Path, step: int, app_state: dict[str, Any], rank_state
         _write_synced(tmp / rank_file_name(rank), lambda f: torch.save(rank_state, f))
         for name, sub in app_state.items():
             try:
-                dcp.save({name: sub}, checkpoint_id=tmp / name, no_dist=_no_dist())
+                dcp.save({name: sub}, checkpoint_id=tmp / name, no_dist=_no_dist(), process_group=group)
             except CheckpointException as e:
                 raise _dcp_error(e) from e
         if rank != 0:
@@ -153,13 +155,13 @@ def _claim(final: Path, log: Callable[[str], None] | None) -> str | None:
     return secrets.token_hex(8)
 
 
-def _from_rank0(value: str | None, world_size: int) -> str | None:
+def _from_rank0(value: str | None, world_size: int, group: Any = None) -> str | None:
     if world_size == 1:
         return value
     if _no_dist():
         raise ValueError(f"save_checkpoint with world_size={world_size} needs an initialized process group")
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=group)
     return box[0]
 
 

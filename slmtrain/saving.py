@@ -47,10 +47,11 @@ class Saver:
     def __init__(self, state: TrainState, ctx: RunContext) -> None:
         self.state, self.ctx = state, ctx
         self.cfg = ctx.cfg.checkpoint
-        # DCP's collectives on a background thread would interleave with training's under a process group.
-        self.background = AsyncSaver() if self.cfg.async_save and not ctx.info.enabled else None
-        if self.cfg.async_save and ctx.info.enabled:
-            ctx.say("checkpoint.async_save is ignored with several processes: saves are synchronous")
+        self.background = AsyncSaver() if self.cfg.async_save else None
+        # With several processes, a background save's collectives (the token broadcast, DCP's plan and result
+        # exchange) run on a gloo group of their own: on the training group they would pair up with the
+        # training thread's all-reduces. Every rank builds its Saver at the same point, as new_group requires.
+        self.group = torch.distributed.new_group(backend="gloo") if self.background is not None and ctx.info.enabled else None
         self.pending_step: int | None = None
         self.last_time = time.monotonic()
         self.last_path: Path | None = None
@@ -132,12 +133,19 @@ class Saver:
         try:
             payload = self._package(reason)
             if self.background is not None and not wait:
-                # The only stall: copying the state. The reference outputs are computed in the background,
-                # from a model rebuilt on that copy, so they describe exactly the saved weights.
+                # The stall: copying the state. The reference outputs are computed in the background, from a
+                # model rebuilt on that copy, so they describe exactly the saved weights; only rank 0 writes
+                # them. A sharded model cannot be rebuilt from its shard: its forward (collectives on the
+                # training group) runs here, before the copy.
+                sharded = ctx.info.enabled and ctx.cfg.parallel.strategy == "fsdp"
+                if sharded:
+                    payload = self._with_reference(payload, self.state.model)
                 payload = {k: snapshot(v) if k in ("app", "rank") else v for k, v in payload.items()}
                 stall = time.monotonic() - started
                 self.pending_step = payload["step"]
-                self.background.submit(lambda: self._write(self._with_reference(payload, None), started))
+                later = sharded or not ctx.info.is_main
+                self.background.submit(
+                    lambda: self._write(payload if later else self._with_reference(payload, None), started, self.group))
                 ctx.metrics.write("event", event="save_submitted", step=payload["step"], reason=reason,
                                  stall_seconds=round(stall, 4))
                 return
@@ -198,11 +206,12 @@ class Saver:
         p["files"]["reference.safetensors"] = safetensors.torch.save(ref_tensors)
         return p
 
-    def _write(self, p: dict[str, Any], started: float) -> None:
+    def _write(self, p: dict[str, Any], started: float, group: Any = None) -> None:
+        """Commit `p`; `group`: the process group of a background save's collectives (None: the global one)."""
         ctx = self.ctx
         info = ctx.info
         path = save_checkpoint(ctx.ckpt_root, p["step"], p["app"], p["rank"], p["files"], p["meta"],
-                               rank=info.rank, world_size=info.world_size, log=ctx.say)
+                               rank=info.rank, world_size=info.world_size, log=ctx.say, group=group)
         # Not while preempted: pruning re-hashes the kept checkpoints, time the grace period may not have.
         if info.is_main and p["meta"]["reason"] != "preempt":
             prune(ctx.ckpt_root, self.cfg.keep_last, self.cfg.keep_best, protect={path})

@@ -3,6 +3,7 @@ time from SIGTERM to a durable checkpoint, and time from `resume` to the first n
 
     python tools/bench_checkpoint.py                  # quickstart model and a ~20M-parameter model
     python tools/bench_checkpoint.py --models quickstart
+    python tools/bench_checkpoint.py --nproc 2        # 2 gloo processes under torchrun: save stall only
 
 Each figure comes from the run's own metrics.jsonl events (save, save_submitted, preempt_saved,
 resume_ready), so it measures what users get.
@@ -30,9 +31,13 @@ MODELS = {
 }
 
 
-def _run(args: list[str], sets: list[str], **kw) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "slmtrain", *args, *[a for s in sets for a in ("--set", s)]]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+def _run(args: list[str], sets: list[str], nproc: int = 1, **kw) -> subprocess.Popen:
+    launcher = [sys.executable] if nproc == 1 else \
+        [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", str(nproc)]
+    cmd = [*launcher, "-m", "slmtrain", *args, *[a for s in sets for a in ("--set", s)]]
+    # One thread per process when several share the cores, as torchrun's default does.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if nproc > 1 else None
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, **kw)
 
 
 def _events(run_dir: Path, name: str) -> list[dict]:
@@ -46,7 +51,7 @@ def _step_seconds(run_dir: Path) -> float:
     return tokens_per_step / statistics.median(rates)
 
 
-def bench(name: str, extra: list[str], work: Path) -> None:
+def bench(name: str, extra: list[str], work: Path, nproc: int = 1) -> None:
     base = [f"data.cache_dir='{(work / 'cache').as_posix()}'", "train.max_steps=12", "checkpoint.every_steps=3",
             "eval.every_steps=0", "eval.samples=0", "log.every_steps=1", "log.progress=false",
             "schedule.warmup_steps=2", *extra]
@@ -54,7 +59,7 @@ def bench(name: str, extra: list[str], work: Path) -> None:
     for mode in ("sync", "async"):
         run_dir = work / f"{name}-{mode}"
         sets = base + (["checkpoint.async_save=true"] if mode == "async" else [])
-        proc = _run(["run", recipe, "--run-dir", str(run_dir)], sets)
+        proc = _run(["run", recipe, "--run-dir", str(run_dir)], sets, nproc)
         _, err = proc.communicate()
         assert proc.returncode == 0, err
         saves = _events(run_dir, "save")
@@ -65,9 +70,11 @@ def bench(name: str, extra: list[str], work: Path) -> None:
             stall = write_s
         else:
             stall = statistics.median(s["stall_seconds"] for s in _events(run_dir, "save_submitted"))
-        print(f"{name:10s} {mode:5s} step {1000 * step_s:7.1f} ms | checkpoint {size / 1e6:6.1f} MB written in "
+        print(f"{name:10s} {mode:5s} x{nproc} step {1000 * step_s:7.1f} ms | checkpoint {size / 1e6:6.1f} MB written in "
               f"{1000 * write_s:7.1f} ms | training stall per save {1000 * stall:7.1f} ms "
               f"({100 * stall / step_s:5.1f}% of a step)")
+    if nproc > 1:
+        return
     # Preemption: SIGTERM mid-run, then resume.
     run_dir = work / f"{name}-preempt"
     proc = _run(["run", recipe, "--run-dir", str(run_dir)], base + ["train.max_steps=100000"])
@@ -92,10 +99,11 @@ def bench(name: str, extra: list[str], work: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun, gloo)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         for name in args.models:
-            bench(name, MODELS[name], Path(d))
+            bench(name, MODELS[name], Path(d), args.nproc)
     return 0
 
 
