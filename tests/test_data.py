@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -19,7 +20,7 @@ from slmtrain.data import prepare as prepare_mod
 from slmtrain.data.prepare import (
     HEADER_SIZE, PrepareInterrupted, open_tokens, prepare_data, read_header, token_dtype, write_tokens,
 )
-from slmtrain.data.sources import load_documents, source_fingerprint
+from slmtrain.data.sources import load_documents, load_splits, source_fingerprint
 from slmtrain.data.stories import generate_stories
 from slmtrain.data.stream import (
     MicroBatchSampler, WindowDataset, build_train_loader, eval_batches, splitmix64, window_starts,
@@ -36,6 +37,15 @@ def _cfg(tmp: Path, data: DataConfig, tokenizer: TokenizerConfig = BPE) -> Confi
 def _write_text(path: Path, docs: list[str]) -> Path:
     path.write_text("".join(f"{d}\n<|endoftext|>\n" for d in docs), encoding="utf-8")
     return path
+
+
+def _reference_stream(tokenizer_json: Path, docs: list[str]) -> list[int]:
+    """Each document's ids from the `tokenizers` library alone, EOS after each: the stream prepare must write."""
+    from tokenizers import Tokenizer as Raw
+
+    raw = Raw.from_file(str(tokenizer_json))
+    eos = raw.token_to_id("<|endoftext|>")
+    return [i for e in raw.encode_batch(docs, add_special_tokens=False) for i in (*e.ids, eos)]
 
 
 def _segments(tokens: np.ndarray, eos: int) -> list[np.ndarray]:
@@ -87,6 +97,8 @@ def test_holdout_is_disjoint_deterministic_and_sized(tmp_path: Path) -> None:
     assert len(valid) == 10 and len(train) == 90
     assert sorted(train + valid) == sorted(docs)
     assert load_documents(cfg, "valid") == valid
+    assert load_splits(cfg) == {"train": train, "valid": valid}  # one read of the file, the same split
+    assert load_splits(replace(cfg, max_documents=7)) == {"train": train[:7], "valid": valid}
     with pytest.raises(DataError, match="valid_fraction is 0"):
         load_documents(replace(cfg, valid_fraction=0.0), "valid")
 
@@ -215,6 +227,7 @@ def test_builtin_prepare_stream_is_well_formed(builtin_prep) -> None:
     assert read_header(prep.valid_path)["eos_id"] == tok.eos_id == prep.meta["eos_id"]
     assert prep.meta["dtype"] == "uint16" and prep.meta["tokenizer"]["fingerprint"] == tok.fingerprint
     assert any("tokens/s" in line and "MB/s" in line for line in logs)
+    assert train.tolist() == _reference_stream(prep.dir / "tokenizer.json", docs)
 
 
 def test_prepare_reuses_the_cache(builtin_prep) -> None:
@@ -245,8 +258,10 @@ def test_prepare_rebuilds_on_source_change_and_corruption(tmp_path: Path, monkey
     assert not list((tmp_path / "cache").glob("*.tmp-*")) and not list((tmp_path / "cache").glob("*.stale-*"))
 
 
-@pytest.mark.parametrize("stop_at", [1, 2])
-def test_interrupted_prepare_leaves_no_partial_cache(tmp_path: Path, stop_at: int) -> None:
+@pytest.mark.parametrize("stop_at", [1, 2, 6])
+def test_interrupted_prepare_leaves_no_partial_cache(tmp_path: Path, stop_at: int,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prepare_mod, "_CHUNK_CHARS", 2000)  # several chunks in flight when `stop` says so
     cfg = _cfg(tmp_path, DataConfig(builtin_train_stories=50, builtin_valid_stories=5))
     polls = itertools.count(1)
     with pytest.raises(PrepareInterrupted):
@@ -280,6 +295,15 @@ def test_prepare_real_tinystories_with_gpt2(tmp_path: Path, shared_data: Path) -
     first = _segments(valid, 50256)[0][:-1].tolist()
     assert prep.tokenizer.decode(first) == load_documents(cfg.data, "valid")[0]
     assert 0.2 < splits["train"]["tokens_per_byte"] < 0.3
+    # The ids are those of the `tokenizers` library document by document, and the files are the bytes
+    # the pipeline wrote before it encoded joined chunks on threads (pinned: the inputs are fixed files).
+    docs = load_splits(cfg.data)
+    for split, path in (("train", prep.train_path), ("valid", prep.valid_path)):
+        assert np.asarray(open_tokens(path)).tolist() == _reference_stream(prep.dir / "tokenizer.json", docs[split])
+    assert hashlib.sha256(prep.train_path.read_bytes()).hexdigest() == (
+        "566e8e0ed0edc828d491d4cf5e43e9072bdefb77b5640d60566da5d192e07184")
+    assert hashlib.sha256(prep.valid_path.read_bytes()).hexdigest() == (
+        "7fcacdef5c7d85f0f30fe0ded65e219cc08122e36778e9fee0e7320dac87d331")
 
 
 # ---------------------------------------------------------------- windows and loader

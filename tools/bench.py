@@ -290,13 +290,26 @@ def generate_section(reps: int) -> dict[str, Any]:
     return out
 
 
-def prepare_section(work: Path) -> dict[str, Any]:
+def prepare_section(work: Path, reps: int) -> dict[str, Any]:
     import bench_train
 
     text = SHARED / "tinystories" / "train.txt"
     if not text.exists():
         return {"skipped": f"no {text}"}
-    return {"gpt2": bench_train.bench_prepare(text, SHARED / "gpt2", work / "prep-gpt2")}
+    bpe, trained = bench_train.train_recipe_bpe(text, VOCAB, work / "prep-bpe")
+    figures = bench_train.bench_prepare(text, {"gpt2": SHARED / "gpt2", f"bpe-{VOCAB}": bpe}, reps)
+    return {"MB": text.stat().st_size / 1e6, "bpe_train_seconds": trained,
+            **{name: _spread(by["this"]) for name, by in figures.items()}}
+
+
+def print_prepare(r: dict[str, Any]) -> None:
+    print("\n== prepare (end to end, MB of text per second; the trained BPE is given, its training timed apart)")
+    if "skipped" in r:
+        print(f"  skipped: {r['skipped']}")
+        return
+    print(f"  {r['MB']:.1f} MB of TinyStories; training the {VOCAB}-token BPE took {r['bpe_train_seconds']:.2f}s")
+    for name in ("gpt2", f"bpe-{VOCAB}"):
+        print(f"  {name:10s} {_fmt(r[name], ' MB/s', digits=2)}")
 
 
 def checkpoint_section(work: Path) -> dict[str, Any]:
@@ -344,8 +357,8 @@ def main() -> int:
             results["profile"] = profile_section(work, args.sets)
             print_profile(results["profile"])
         if "prepare" in only:
-            results["prepare"] = prepare_section(work)
-            print("\n== prepare\n  " + json.dumps(results["prepare"]))
+            results["prepare"] = prepare_section(work, args.reps)
+            print_prepare(results["prepare"])
         if "generate" in only:
             results["generate"] = generate_section(args.reps)
             print("\n== generate (greedy, 200 new tokens, best of reps)")

@@ -1,16 +1,29 @@
 """Training throughput and data-preparation figures.
 
     python tools/bench_train.py                         # quickstart model: tokens/s, ms/step, overhead share
-    python tools/bench_train.py --prepare ../shared/data/tinystories/train.txt --gpt2 ../shared/data/gpt2
     python tools/bench_train.py --run-dir runs/quickstart   # also report a finished run's final figures
+    python tools/bench_train.py --prepare ../shared/data/tinystories/train.txt --gpt2 ../shared/data/gpt2 \
+        --bpe-vocab 4096 --reps 5 [--baseline ../old-checkout]   # `prepare` MB/s only
 
 "Overhead" is the share of a step's wall time spent outside forward, backward and the optimizer:
 fetching the batch from the DataLoader, the host sync for the loss and writing the metrics line.
+
+`prepare` figures are end to end (fingerprints, reading and splitting, loading the tokenizer, encoding and
+writing both splits; 1% held out as validation) in a fresh process and an empty cache, as MB of the text
+file per second. The trained BPE (`--bpe-vocab`, as the TinyStories recipe trains it) is trained once,
+timed apart, then given to `prepare` as a tokenizer file, so its figure is tokenization alone. With
+`--baseline`, every repetition runs this checkout, then the other one (A, B, A, B ...): medians and
+[min-max] side by side, on the same loaded machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +32,9 @@ import torch
 
 from slmtrain import config
 from slmtrain.data.prepare import prepare_data
+from slmtrain.data.sources import load_splits
 from slmtrain.data.stream import build_train_loader
+from slmtrain.data.tokenizer import build_tokenizer
 from slmtrain.log import MetricsWriter, read_jsonl
 from slmtrain.model import GPT
 from slmtrain.optim import build_optimizer, build_scheduler
@@ -74,15 +89,64 @@ def bench_steps(recipe: Path, steps: int, warmup: int, cache: Path) -> dict[str,
             "overhead_share": (wall - compute) / wall, "data_ms_per_step": 1000 * data_time[0] / steps}
 
 
-def bench_prepare(text: Path, gpt2: Path, cache: Path) -> dict[str, float]:
+# Run in a fresh interpreter with PYTHONPATH at the checkout to measure; it uses only `config.loads` and
+# `prepare_data`, so it runs against older checkouts too.
+_PREPARE_ONCE = """
+import json, sys, tempfile, time
+from slmtrain import config
+from slmtrain.data.prepare import prepare_data
+text, tokenizer = sys.argv[1:3]
+with tempfile.TemporaryDirectory() as cache:
     cfg = config.loads("", overrides=[
-        "data.source='text'", f"data.train='{text.as_posix()}'", "data.valid_fraction=0.01",
-        "tokenizer.kind='gpt2'", f"tokenizer.path='{gpt2.as_posix()}'", f"data.cache_dir='{cache.as_posix()}'"])
+        "data.source='text'", f"data.train='{text}'", "data.valid_fraction=0.01", "tokenizer.kind='gpt2'",
+        f"tokenizer.path='{tokenizer}'", f"data.cache_dir='{cache}'"])
     t0 = time.perf_counter()
     prepared = prepare_data(cfg, log=lambda _m: None)
-    seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": time.perf_counter() - t0, "tokens": prepared.tokens}))
+"""
+
+
+def prepare_once(text: Path, tokenizer: Path, checkout: Path = REPO) -> dict[str, float]:
+    """One end-to-end `prepare` of `text` with `tokenizer` (a GPT-2 directory or a tokenizer.json), by `checkout`."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    out = subprocess.run([sys.executable, "-c", _PREPARE_ONCE, str(text.resolve()), str(tokenizer.resolve())],
+                         env=env, cwd=checkout, capture_output=True, text=True, check=True).stdout
+    r = json.loads(out.splitlines()[-1])
     mb = text.stat().st_size / 1e6
-    return {"MB": mb, "seconds": seconds, "MB_per_s": mb / seconds, "tokens_per_s": prepared.tokens / seconds}
+    return {"MB": mb, "seconds": r["seconds"], "MB_per_s": mb / r["seconds"],
+            "tokens_per_s": r["tokens"] / r["seconds"]}
+
+
+def train_recipe_bpe(text: Path, vocab_size: int, out: Path) -> tuple[Path, float]:
+    """The BPE the recipes train (on all of `text` but the held-out 1%), saved as out/tokenizer.json, and its
+    training seconds."""
+    cfg = config.loads("", overrides=[
+        "data.source='text'", f"data.train='{text.as_posix()}'", "data.valid_fraction=0.01", "tokenizer.kind='bpe'",
+        f"tokenizer.vocab_size={vocab_size}", "tokenizer.train_documents=0"])
+    docs = load_splits(cfg.data)["train"]
+    t0 = time.perf_counter()
+    tok = build_tokenizer(cfg.tokenizer, docs)
+    seconds = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(out / "tokenizer.json")
+    return out / "tokenizer.json", seconds
+
+
+def bench_prepare(text: Path, tokenizers: dict[str, Path], reps: int, baseline: Path | None = None
+                  ) -> dict[str, dict[str, list[float]]]:
+    """MB/s per repetition for each named tokenizer, for this checkout ("this") and `baseline`, alternating."""
+    checkouts = {"this": REPO} | ({"baseline": baseline} if baseline else {})
+    figures: dict[str, dict[str, list[float]]] = {name: {c: [] for c in checkouts} for name in tokenizers}
+    for _ in range(reps):
+        for name, tokenizer in tokenizers.items():
+            for c, root in checkouts.items():
+                figures[name][c].append(prepare_once(text, tokenizer, root)["MB_per_s"])
+    return figures
+
+
+def spread(xs: list[float]) -> str:
+    """Median [min-max] to two decimals."""
+    return f"{statistics.median(xs):.2f} [{min(xs):.2f}-{max(xs):.2f}]"
 
 
 def run_figures(run_dir: Path) -> str:
@@ -102,19 +166,31 @@ def main() -> int:
     p.add_argument("--recipe", default=str(REPO / "recipes" / "quickstart.toml"))
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--prepare", help="a TinyStories-format text file to time `prepare` on")
+    p.add_argument("--prepare", help="a TinyStories-format text file: time `prepare` on it (and skip training)")
     p.add_argument("--gpt2", help="GPT-2 tokenizer directory for --prepare")
+    p.add_argument("--bpe-vocab", type=int, default=0, help="also time a BPE of this size trained on the file")
+    p.add_argument("--reps", type=int, default=3, help="repetitions of each --prepare measurement")
+    p.add_argument("--baseline", help="another slmtrain checkout to time --prepare against, alternating")
     p.add_argument("--run-dir", help="a finished run whose final figures to print")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        s = bench_steps(Path(args.recipe), args.steps, args.warmup, Path(d) / "cache")
-        print(f"train ({Path(args.recipe).name}, {s['params'] / 1e6:.2f}M params, {torch.get_num_threads()} threads): "
-              f"{s['tokens_per_s']:.0f} tokens/s, {s['ms_per_step']:.1f} ms/step, outside fwd/bwd/optim "
-              f"{100 * s['overhead_share']:.1f}% (data {s['data_ms_per_step']:.2f} ms/step)")
         if args.prepare:
-            r = bench_prepare(Path(args.prepare), Path(args.gpt2), Path(d) / "prep")
-            print(f"prepare ({args.prepare}, gpt2): {r['MB']:.2f} MB in {r['seconds']:.2f}s = "
-                  f"{r['MB_per_s']:.2f} MB/s, {r['tokens_per_s']:.0f} tokens/s")
+            text = Path(args.prepare)
+            tokenizers = {"gpt2": Path(args.gpt2)} if args.gpt2 else {}
+            if args.bpe_vocab:
+                path, seconds = train_recipe_bpe(text, args.bpe_vocab, Path(d) / "bpe")
+                print(f"trained the {args.bpe_vocab}-token BPE on {text} in {seconds:.2f}s")
+                tokenizers[f"bpe-{args.bpe_vocab}"] = path
+            figures = bench_prepare(text, tokenizers, args.reps, Path(args.baseline) if args.baseline else None)
+            print(f"prepare {text} ({text.stat().st_size / 1e6:.2f} MB, {os.cpu_count()} CPUs), MB/s "
+                  f"end to end, median [min-max] of {args.reps}:")
+            for name, by_checkout in figures.items():
+                print(f"  {name:10s} " + " | ".join(f"{c} {spread(xs)}" for c, xs in by_checkout.items()))
+        else:
+            s = bench_steps(Path(args.recipe), args.steps, args.warmup, Path(d) / "cache")
+            print(f"train ({Path(args.recipe).name}, {s['params'] / 1e6:.2f}M params, {torch.get_num_threads()} "
+                  f"threads): {s['tokens_per_s']:.0f} tokens/s, {s['ms_per_step']:.1f} ms/step, outside "
+                  f"fwd/bwd/optim {100 * s['overhead_share']:.1f}% (data {s['data_ms_per_step']:.2f} ms/step)")
     if args.run_dir:
         print(run_figures(Path(args.run_dir)))
     return 0

@@ -11,7 +11,8 @@ Layout of one preparation (a directory named by the cache key, under `data.cache
 A `.bin` file is a 256-byte little-endian header (magic, format version, dtype code, token count,
 EOS id, zero padding) followed by the tokens as uint16 (vocabularies up to 65535 ids) or uint32.
 A preparation is built in `<key>.tmp-<random>/` and renamed into place, so a crash or an
-interruption never leaves a directory that looks complete.
+interruption never leaves a directory that looks complete. Documents are encoded in chunks of about
+256 KB, one thread per usable CPU (the encoders run without the GIL), and written in order.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from slmtrain.config import Config, TokenizerConfig
-from slmtrain.data.sources import SPLITS, file_sha256, load_documents, source_fingerprint
+from slmtrain.data.sources import SPLITS, file_sha256, load_splits, source_fingerprint
 from slmtrain.data.tokenizer import Tokenizer, build_tokenizer, expand_path
 from slmtrain.errors import DataError, SlmError
 from slmtrain.fsio import atomic_write_json, fsync_dir, read_json
@@ -49,7 +50,9 @@ _HEADER = struct.Struct("<8sIIQQ")  # magic, version, dtype code (= item size), 
 _DTYPE_CODES = {2: np.dtype(np.uint16), 4: np.dtype(np.uint32)}
 # Bump when the layout or meaning of a preparation changes; old caches are then rebuilt.
 CACHE_VERSION = 1
-_CHUNK_CHARS = 1 << 20  # ~1 MB of text per encode_batch call: big enough to keep every thread busy
+# ~256 KB of text per encode call: big enough that per-call work is noise, small enough that the last
+# chunks of a split still keep every thread busy.
+_CHUNK_CHARS = 1 << 18
 
 
 class PrepareInterrupted(SlmError):
@@ -248,16 +251,16 @@ def _build(cfg: Config, final: Path, fingerprints: dict[str, str], tok: Tokenize
         raise DataError(f"cannot create the data cache in {final.parent} ({e.strerror}): set data.cache_dir "
                         f"to a writable directory") from None
     try:
-        docs = {s: load_documents(cfg.data, s) for s in SPLITS}
+        docs = load_splits(cfg.data)
         if tok is None:
             t = time.perf_counter()
             tok = build_tokenizer(cfg.tokenizer, docs["train"])
             log(f"data: trained a BPE tokenizer of {tok.vocab_size} tokens in {time.perf_counter() - t:.2f}s")
         tok.save(tmp / "tokenizer.json")
         dtype = token_dtype(tok.vocab_size)
-        with _worker_pool(tok, dtype, cfg.data.prepare_workers) as pool:
-            encode = functools.partial(_encoded_chunks, tok, dtype=dtype, pool=pool,
-                                       window=2 * cfg.data.prepare_workers, stop=stop)
+        with _encoder_pool(tok, dtype, cfg.data.prepare_workers) as (pool, encode_chunk, width):
+            encode = functools.partial(_encoded_chunks, pool=pool, encode_chunk=encode_chunk, window=2 * width,
+                                       stop=stop)
             splits = {s: _write_split(encode, docs[s], tmp / f"{s}.bin", dtype, tok.eos_id, s, log) for s in SPLITS}
         meta = {
             "format_version": CACHE_VERSION, "bin_version": BIN_VERSION, "key": final.name,
@@ -313,28 +316,14 @@ def _chunks(docs: list[str]) -> Iterator[list[str]]:
         yield docs[start:]
 
 
-def _encode_flat(tok: Tokenizer, docs: list[str], dtype: np.dtype) -> np.ndarray:
-    ids = tok.encode_batch(docs)
-    for x in ids:
-        x.append(tok.eos_id)
-    return np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=sum(map(len, ids)))
-
-
-def _encoded_chunks(tok: Tokenizer, docs: list[str], *, dtype: np.dtype, pool: ProcessPoolExecutor | None,
+def _encoded_chunks(docs: list[str], *, pool: Executor, encode_chunk: Callable[[list[str]], np.ndarray],
                     window: int, stop: Callable[[], bool]) -> Iterator[np.ndarray]:
-    """Token arrays of consecutive document chunks, EOS after each document, polling `stop`."""
+    """Token arrays of consecutive document chunks, EOS after each document, in order, polling `stop`."""
     interrupted = PrepareInterrupted("data preparation was interrupted; nothing was cached")
-    if pool is None:
-        # One process: encode_batch already spreads each chunk over one Rust thread per CPU.
-        for chunk in _chunks(docs):
-            if stop():
-                raise interrupted
-            yield _encode_flat(tok, chunk, dtype)
-        return
     pending: deque[Future[np.ndarray]] = deque()
     for chunk in itertools.chain(_chunks(docs), [None]):
         if chunk is not None:
-            pending.append(pool.submit(_worker_encode, chunk))
+            pending.append(pool.submit(encode_chunk, chunk))
         # A bounded window keeps memory flat and lets `stop` act within a few chunks.
         while pending and (chunk is None or len(pending) >= window):
             if stop():
@@ -342,18 +331,34 @@ def _encoded_chunks(tok: Tokenizer, docs: list[str], *, dtype: np.dtype, pool: P
             yield pending.popleft().result()
 
 
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @contextlib.contextmanager
-def _worker_pool(tok: Tokenizer, dtype: np.dtype, workers: int) -> Iterator[ProcessPoolExecutor | None]:
-    """Tokenizer processes for data.prepare_workers > 1, else None (encode in this process)."""
+def _encoder_pool(tok: Tokenizer, dtype: np.dtype, workers: int
+                  ) -> Iterator[tuple[Executor, Callable[[list[str]], np.ndarray], int]]:
+    """(executor, chunk encoder, how many chunks it encodes at once) for data.prepare_workers.
+
+    0 or 1: one thread per usable CPU in this process. tiktoken encodes without holding the GIL and
+    `tokenizers` spreads each call over its own threads, so threads use every core and copy nothing.
+    More: that many processes, each encoding on one thread.
+    """
+    # Build the tokenizer's fast encoder here, once: threads would race to build it, forked workers inherit it.
+    tok.encode_stream([], dtype)
+    pool: Executor
     if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        yield None
-        return
-    # fork, like torch's DataLoader on Linux: spawn would re-run the caller's main module, which
-    # breaks scripts without a `__main__` guard. The children only run tokenizers' Rust code.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init,
-                               initargs=(tok.to_json(), dtype.str))
+        width = _usable_cpus()
+        pool = ThreadPoolExecutor(width, thread_name_prefix="slmtrain-encode")
+        encode: Callable[[list[str]], np.ndarray] = functools.partial(tok.encode_stream, dtype=dtype)
+    else:
+        # fork, like torch's DataLoader on Linux: spawn would re-run the caller's main module, which
+        # breaks scripts without a `__main__` guard. Forked workers also inherit `tok` as it is.
+        width, encode = workers, _worker_encode
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_worker_init, initargs=(tok, dtype))
     try:
-        yield pool
+        yield pool, encode, width
     finally:
         pool.shutdown(cancel_futures=True)
 
@@ -361,11 +366,11 @@ def _worker_pool(tok: Tokenizer, dtype: np.dtype, workers: int) -> Iterator[Proc
 _worker_state: dict[str, Any] = {}
 
 
-def _worker_init(tokenizer_json: str, dtype: str) -> None:
+def _worker_init(tok: Tokenizer, dtype: np.dtype) -> None:
     # Each worker process is one tokenizer thread; N processes of N threads would oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _worker_state.update(tok=Tokenizer.from_json(tokenizer_json), dtype=np.dtype(dtype))
+    _worker_state.update(tok=tok, dtype=dtype)
 
 
 def _worker_encode(docs: list[str]) -> np.ndarray:
-    return _encode_flat(_worker_state["tok"], docs, _worker_state["dtype"])
+    return _worker_state["tok"].encode_stream(docs, _worker_state["dtype"])

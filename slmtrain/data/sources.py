@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +41,34 @@ def load_documents(cfg: DataConfig, split: str) -> list[str]:
         DataError: a file is missing, undecodable or malformed, a text key or column is missing,
             or the split holds no non-blank document. The message names the key and the file.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be 'train' or 'valid', got {split!r}")
-    if cfg.source == "builtin":
-        docs = _builtin(cfg, split)
-    elif cfg.source.startswith("hf:"):
-        docs = _hf_documents(cfg, split)
-    elif split == "valid" and cfg.valid:
-        docs = _read_all(cfg, "valid")
-    else:
-        docs = _read_all(cfg, "train")
-        if not cfg.valid:
-            docs = _hold_out(cfg, docs, split)
-    if split == "train" and cfg.max_documents:
-        docs = docs[: cfg.max_documents]
-    return docs
+    return load_splits(cfg, (split,))[split]
+
+
+def load_splits(cfg: DataConfig, splits: Sequence[str] = SPLITS) -> dict[str, list[str]]:
+    """`load_documents` for each of `splits`, reading training files once when both splits come from them.
+
+    Raises:
+        DataError: as `load_documents`.
+    """
+    if bad := [s for s in splits if s not in SPLITS]:
+        raise ValueError(f"split must be 'train' or 'valid', got {bad[0]!r}")
+    train_docs: list[str] | None = None
+    out = {}
+    for split in splits:
+        if cfg.source == "builtin":
+            docs = _builtin(cfg, split)
+        elif cfg.source.startswith("hf:"):
+            docs = _hf_documents(cfg, split)
+        elif split == "valid" and cfg.valid:
+            docs = _read_all(cfg, "valid")
+        else:
+            if train_docs is None:
+                train_docs = _read_all(cfg, "train")
+            docs = train_docs if cfg.valid else _hold_out(cfg, train_docs, split)
+        if split == "train" and cfg.max_documents:
+            docs = docs[: cfg.max_documents]
+        out[split] = docs
+    return out
 
 
 def source_fingerprint(cfg: DataConfig, split: str) -> str:

@@ -2,12 +2,15 @@
 
 Both wrap `tokenizers.Tokenizer` (the Rust library, not transformers). A tokenizer is identified
 by its canonical JSON: `fingerprint` is the sha256 of it, so a run, its prepared data and its
-checkpoints can prove they share one vocabulary.
+checkpoints can prove they share one vocabulary. Bulk encoding goes through tiktoken's faster
+encoder whenever `_tiktoken_compatible` proves it gives the same ids (GPT-2's BPE and the BPEs
+trained here do).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 from collections.abc import Sequence
@@ -15,7 +18,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
+import tiktoken
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as _RustTokenizer
 
@@ -39,6 +44,58 @@ def _byte_unicode() -> dict[int, str]:
     return {b: chr(b) if b in printable else chr(next(extra)) for b in range(256)}
 
 
+# Fingerprints of tokenizers known to pass `_tiktoken_compatible` (tests/test_tokenizer.py runs it on them
+# again): GPT-2's BPE as loaded from vocab.json + merges.txt. The check costs ~0.2 s of CPU for GPT-2's
+# 50,000 merges, as much as encoding 2 MB; another file or another serialization is checked.
+_COMPATIBLE = frozenset({"f00392b2aa525a9fdf48e4645feadc55b4ea3af0a345977fb01021d3b269c5d0"})
+
+
+def _tiktoken_compatible(spec: dict[str, Any], model: models.Model, eos_id: int) -> bool:
+    """Whether tiktoken, given `_mergeable_ranks`, encodes exactly as the tokenizer `spec` (its parsed JSON).
+
+    tiktoken merges the adjacent pair whose concatenation has the lowest id; `tokenizers` merges the
+    pair listed first among the merges. They give the same ids when (a) the pipeline is GPT-2's
+    byte-level one (no normalizer, truncation or padding; `<|endoftext|>` the only added token,
+    matched literally), (b) every token but the 256 bytes and EOS comes from exactly one merge, with
+    ids growing in merge order, and (c) `tokenizers` encodes each token's bytes alone as that token.
+    Proof sketch: in any state the merge list reaches, two adjacent parts spelling a token t cover a
+    span that has evolved exactly as t alone does, which by (c) ends as t, so the two parts are t's own
+    merge; both algorithms therefore see the same candidates in the same order. tiktoken's shortcut
+    for a piece that is a whole token is right by (c). GPT-2's BPE and BPEs trained here pass. Strictly
+    increasing ids also make the merge results distinct.
+    """
+    m, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+    added = spec.get("added_tokens") or []
+    if not (m.get("type") == "BPE" and m.get("dropout") is None and not m.get("ignore_merges")
+            and not m.get("continuing_subword_prefix") and not m.get("end_of_word_suffix")
+            and not m.get("byte_fallback") and spec.get("normalizer") is None
+            and spec.get("truncation") is None and spec.get("padding") is None
+            and pre.get("type") == "ByteLevel" and not pre.get("add_prefix_space") and pre.get("use_regex", True)
+            and len(added) == 1 and added[0].get("content") == EOS_TOKEN and added[0].get("id") == eos_id
+            and not any(added[0].get(k) for k in ("single_word", "lstrip", "rstrip"))):
+        return False
+    vocab: dict[str, int] = m["vocab"]
+    # tokenizers < 0.20 writes a merge as "left right"; byte-level tokens hold no spaces.
+    merged = ["".join(pair.split(" ") if isinstance(pair, str) else pair) for pair in m["merges"]]
+    ids = [vocab.get(t, -1) for t in merged]
+    if (-1 in ids or EOS_TOKEN in merged or any(a >= b for a, b in zip(ids, ids[1:]))
+            or set(vocab) - {EOS_TOKEN} != set(merged) | set(_byte_unicode().values())):
+        return False
+    # (c) through `tokenizers` itself, on its own threads: byte-level tokens hold no whitespace, so the
+    # space-joined tokens must come back as exactly their ids, one each.
+    bare = _RustTokenizer(model)
+    bare.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    n = 4 * (os.cpu_count() or 1)
+    batches = [" ".join(merged[k * len(merged) // n:(k + 1) * len(merged) // n]) for k in range(n)]
+    return list(itertools.chain.from_iterable(e.ids for e in bare.encode_batch_fast(batches))) == ids
+
+
+def _mergeable_ranks(vocab: dict[str, int]) -> dict[bytes, int]:
+    """tiktoken's form of a byte-level vocabulary: each token's bytes -> its id (EOS left to the specials)."""
+    to_byte = str.maketrans({c: chr(b) for b, c in _byte_unicode().items()})
+    return {token.translate(to_byte).encode("latin-1"): i for token, i in vocab.items() if token != EOS_TOKEN}
+
+
 def expand_path(path: str) -> Path:
     """`~` and `$VARS` expanded; relative paths stay relative to the working directory."""
     return Path(os.path.expandvars(os.path.expanduser(path)))
@@ -50,21 +107,18 @@ class Tokenizer:
     Args:
         inner: the `tokenizers.Tokenizer`; it must know `<|endoftext|>`.
         source: where it came from, for error messages.
-        rank_bpe: the BPE is GPT-2's, whose merges follow token ids (OpenAI's rank-based algorithm gives
-            the same ids), so `encode_batch` may use tiktoken's faster encoder when it is installed.
 
     Raises:
         DataError: the tokenizer has no `<|endoftext|>` token.
     """
 
-    def __init__(self, inner: _RustTokenizer, source: str = "tokenizer", rank_bpe: bool = False) -> None:
+    def __init__(self, inner: _RustTokenizer, source: str = "tokenizer") -> None:
         eos = inner.token_to_id(EOS_TOKEN)
         if eos is None:
             raise DataError(f"{source}: the tokenizer has no {EOS_TOKEN!r} token, which slmtrain uses to separate "
                             f"documents. Use a GPT-2 style tokenizer or tokenizer.kind = \"bpe\".")
         self._tk = inner
         self._eos = int(eos)
-        self._rank_bpe = rank_bpe
 
     @property
     def eos_id(self) -> int:
@@ -80,28 +134,39 @@ class Tokenizer:
         return self._tk.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """`encode` for many texts at once, on every core (tiktoken for GPT-2's BPE when installed)."""
+        """`encode` for many texts at once, on every core."""
         if self._tiktoken is not None:
             return self._tiktoken.encode_batch(list(texts), num_threads=os.cpu_count() or 1,
                                                allowed_special={EOS_TOKEN})
         # The "fast" variant skips offset tracking, which nothing here needs (~20% faster).
         return [e.ids for e in self._tk.encode_batch_fast(list(texts), add_special_tokens=False)]
 
+    def encode_stream(self, texts: Sequence[str], dtype: np.dtype | type = np.uint32) -> np.ndarray:
+        """The ids of every text, each followed by EOS, as one flat array: `prepare`'s token stream.
+
+        Equal to concatenating `encode(t) + [eos_id]` over `texts`. With tiktoken it is one call on the
+        texts joined by `<|endoftext|>` in the calling thread (which tiktoken lets run without the
+        GIL, so threads encode chunks in parallel); that is exact because the special token is cut out
+        before the text is split into pieces, so no piece spans two texts.
+        """
+        if self._tiktoken is not None:
+            joined = EOS_TOKEN.join(texts) + EOS_TOKEN if texts else ""
+            return np.array(self._tiktoken.encode(joined, allowed_special={EOS_TOKEN}), dtype=dtype)
+        # `tokenizers` spreads a batch over its own threads; texts stay separate, since a normalizer or an
+        # added token's strip options could act across a join.
+        ids = [e.ids for e in self._tk.encode_batch_fast(list(texts), add_special_tokens=False)]
+        for x in ids:
+            x.append(self._eos)
+        return np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=sum(map(len, ids)))
+
     @cached_property
-    def _tiktoken(self) -> Any:
-        """tiktoken's encoder over the same ranks, for a GPT-2 BPE (None otherwise or without tiktoken)."""
-        if not self._rank_bpe:
+    def _tiktoken(self) -> tiktoken.Encoding | None:
+        """tiktoken's encoder over this BPE's ranks when it gives exactly the same ids, else None."""
+        spec = orjson.loads(self.to_json())
+        if self.fingerprint not in _COMPATIBLE and not _tiktoken_compatible(spec, self._tk.model, self._eos):
             return None
-        try:
-            import tiktoken
-        except ImportError:
-            return None
-        model = orjson.loads(self._tk.to_str())["model"]
-        if model.get("type") != "BPE" or model.get("ignore_merges"):
-            return None
-        to_byte = {c: b for b, c in _byte_unicode().items()}
-        ranks = {bytes(to_byte[c] for c in token): i for token, i in model["vocab"].items()}
-        return tiktoken.Encoding(name="gpt2-local", pat_str=_GPT2_PATTERN, mergeable_ranks=ranks,
+        return tiktoken.Encoding(name="slmtrain-bpe", pat_str=_GPT2_PATTERN,
+                                 mergeable_ranks=_mergeable_ranks(spec["model"]["vocab"]),
                                  special_tokens={EOS_TOKEN: self._eos})
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -182,7 +247,7 @@ def _load_gpt2(cfg: TokenizerConfig) -> Tokenizer:
                             f"BPE files ({e}). Replace them with the original vocab.json and merges.txt.") from None
         inner = _byte_level(_RustTokenizer(bpe))
         inner.add_special_tokens([AddedToken(EOS_TOKEN, special=True)])
-        return Tokenizer(inner, source=f"tokenizer.path = {cfg.path!r}", rank_bpe=True)
+        return Tokenizer(inner, source=f"tokenizer.path = {cfg.path!r}")
     if not _HUB_NAME.fullmatch(cfg.path):
         raise DataError(f"tokenizer.path = {cfg.path!r}: {str(path)!r} does not exist. Point it at a directory "
                         f"holding vocab.json + merges.txt (or tokenizer.json) of the GPT-2 tokenizer.")
