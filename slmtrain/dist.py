@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import datetime
 import os
+import secrets
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from slmtrain.errors import UserError
+from slmtrain.errors import SlmError, UserError
+
+# Where rank 0 of each attempt names the namespace its process group uses in torchrun's shared store.
+_ATTEMPT_KEY = "slmtrain/attempt"
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,66 @@ def init(info: DistInfo, device: torch.device, backend: str = "auto", timeout_se
         backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_seconds))
+    timeout = datetime.timedelta(seconds=timeout_seconds)
+    store = attempt_store(info, timeout)
+    if store is None:
+        dist.init_process_group(backend=backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, store=store, rank=info.rank, world_size=info.world_size,
+                                timeout=timeout)
+
+
+def attempt_store(info: DistInfo, timeout: datetime.timedelta) -> dist.Store | None:
+    """This attempt's own namespace in torchrun's shared store; None where torchrun shares no store.
+
+    torchrun's agent hosts one store for the whole job (TORCHELASTIC_USE_AGENT_STORE=True) and torch's
+    env:// rendezvous puts no per-attempt prefix on it, so after `--max-restarts` restarts the workers,
+    gloo reads the dead workers' addresses from it and fails in connectFullMesh (NCCL picks up a stale
+    unique id the same way: pytorch/pytorch#135712). TORCHELASTIC_RESTART_COUNT is no safe prefix: each
+    node's agent counts only its own failures, so after one node's failure the nodes disagree. Instead
+    rank 0 picks a fresh random name, and every other rank takes a name only once the live rank 0 has
+    answered a token made up on the spot, which a name left behind by a dead attempt never does.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return None  # plain env://, or TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: a new store every attempt
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timeout)
+    if info.rank == 0:
+        name = secrets.token_hex(8)
+        store.set(_ATTEMPT_KEY, name)
+        for rank in range(1, info.world_size):
+            try:
+                token = store.get(f"{_ATTEMPT_KEY}/{name}/join/{rank}").decode()
+            except dist.DistStoreError:
+                raise SlmError(_no_peer(f"rank {rank} did not join", timeout)) from None
+            store.set(f"{_ATTEMPT_KEY}/{name}/welcome/{rank}/{token}", "")
+    else:
+        name = _join_attempt(store, info.rank, timeout)
+    return dist.PrefixStore(f"{_ATTEMPT_KEY}/{name}", store)
+
+
+def _join_attempt(store: dist.Store, rank: int, timeout: datetime.timedelta) -> str:
+    """The name rank 0 of this attempt chose; a name a dead attempt left is read, never answered, and dropped."""
+    deadline = time.monotonic() + timeout.total_seconds()
+    name = token = ""
+    while time.monotonic() < deadline:
+        try:
+            current = store.get(_ATTEMPT_KEY).decode()  # waits until some rank 0 has written one
+        except dist.DistStoreError:
+            break
+        if current != name:
+            name, token = current, secrets.token_hex(8)
+            store.set(f"{_ATTEMPT_KEY}/{name}/join/{rank}", token)
+        if store.check([f"{_ATTEMPT_KEY}/{name}/welcome/{rank}/{token}"]):
+            return name
+        time.sleep(0.02)
+    raise SlmError(_no_peer(f"rank {rank} got no answer from rank 0", timeout))
+
+
+def _no_peer(what: str, timeout: datetime.timedelta) -> str:
+    return (f"the process group could not form: {what} within parallel.timeout_seconds = "
+            f"{timeout.total_seconds():.0f}s. Check that every rank of the job started (torchrun's log names "
+            f"the one that died) and can reach MASTER_ADDR:MASTER_PORT.")
 
 
 def shutdown() -> None:

@@ -2,8 +2,10 @@
 
 The kernel drops a flock when its holder exits, however it exits (kill -9 included), so a stale lock file
 never blocks: only a live holder does. The file's content (pid, host, start time) exists only to tell the
-user who holds it. flock is per open file description: forked children share the parent's lock, and a
-second RunLock in the same process contends like any other process would. Network filesystems may not
+user who holds it. flock is per open file description, so a second RunLock in the same process contends
+like any other process would, and a forked child would share the lock: a DataLoader or tokenizer worker
+left behind by a holder killed with kill -9 would keep the run locked for as long as it lives. Forked
+children therefore close their copy at once (the parent's lock stands). Network filesystems may not
 honour flock across hosts; keep run directories on a local disk or one that does.
 """
 
@@ -21,6 +23,28 @@ import orjson
 from slmtrain.errors import RunLockedError, UserError
 
 LOCK_FILE = ".lock"
+
+# Locks held in this process (acquired, not yet released), for the fork hook.
+_held: set[RunLock] = set()
+_fork_hook_registered = False  # once registered, a fork hook stays: os has no way to remove one
+
+
+def _forget_in_child() -> None:
+    """In a forked child: close its copies of the held lock files without unlocking (LOCK_UN would free the
+    parent's lock too; a close drops only the child's reference)."""
+    for lock in list(_held):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            os.close(fd)
+    _held.clear()
+
+
+def _watch(lock: RunLock) -> None:
+    global _fork_hook_registered
+    if not _fork_hook_registered:
+        os.register_at_fork(after_in_child=_forget_in_child)
+        _fork_hook_registered = True
+    _held.add(lock)
 
 
 class RunLock:
@@ -66,12 +90,14 @@ class RunLock:
         os.pwrite(fd, orjson.dumps(info) + b"\n", 0)
         os.fsync(fd)
         self._fd = fd
+        _watch(self)
 
     def release(self) -> None:
         """Drop the lock (idempotent). The file stays: unlinking it would let two processes lock two inodes."""
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        _held.discard(self)
         try:
             os.ftruncate(fd, 0)  # still held here, so no reader sees a half-cleared holder
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from slmtrain.diskspace import describe
 from slmtrain.verify import verify
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from chaos import final_weights  # noqa: E402
+from chaos import CHAOS_RECIPE, final_weights  # noqa: E402
+from chaos_diskfull import run_diskfull_experiment  # noqa: E402
 
 
 @pytest.fixture()
@@ -98,3 +100,25 @@ def test_a_real_enospc_and_eacces_inside_wrappers_are_named(small_fs: Path, tmp_
     denied = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "x"))
     assert describe(CheckpointException("save", {0: denied}), tmp_path, 1).startswith(
         f"permission denied writing {tmp_path / 'x'}")
+
+
+@pytest.mark.parametrize("how", ["tmpfs", "fsize"])
+def test_chaos_runs_out_of_room_twice_each_save_fails_plainly_and_resume_is_exact(tmp_path: Path, cache: Path,
+                                                                                  how: str) -> None:
+    if how == "tmpfs" and os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root); the fsize case runs everywhere")
+    recipe = tmp_path / "chaos.toml"
+    recipe.write_text(CHAOS_RECIPE.format(cache=cache.as_posix()))
+    log = tmp_path / "chaos.txt"
+    with open(log, "w") as out:
+        # Seed 9 fills the disk during the attempt's second save, then as the next attempt starts.
+        ok = run_diskfull_experiment(recipe, tmp_path, 2, ["train.max_steps=18", "log.curves=false"], seed=9,
+                                     out=out, how=how)
+    report = log.read_text()
+    assert ok, report
+    assert ("a real tmpfs" if how == "tmpfs" else "RLIMIT_FSIZE of") in report, report
+    rows = [line.split() for line in report.splitlines() if re.match(r"\s+[12] +(before|during)", line)]
+    assert [r[1] for r in rows] == ["during", "before"], report
+    # When the disk filled up the second time, the checkpoint(s) written before it were still there and sound.
+    assert re.search(r"\b[1-9] sound", report.splitlines()[-3]), report
+    assert "fills: 2  final weights equal: True  losses equal: True" in report, report
