@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from helpers import train_losses
-from test_multirank import _rank_pids, _same_as, _sets, _torchrun, setup  # noqa: F401 - setup is a fixture
+from test_multirank import _same_as, _sets, _torchrun, setup  # noqa: F401 - setup is a fixture
 
 from slmtrain.checkpoint import list_checkpoints, read_rank_state
 from slmtrain.log import read_jsonl
 from slmtrain.verify import verify
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from chaos_multirank import rank_pids  # noqa: E402
 
 ASYNC = ("checkpoint.async_save=true", "checkpoint.every_steps=2")
 
@@ -65,7 +69,7 @@ def test_kill_9_during_an_async_two_rank_save_then_resume_is_exact(setup: tuple[
     if victim == "job":
         os.killpg(proc.pid, signal.SIGKILL)  # agent and both ranks at once, as a lost machine
     else:
-        os.kill(_rank_pids(proc)[1], signal.SIGKILL)
+        os.kill(rank_pids(proc.pid)[1], signal.SIGKILL)
     started = time.monotonic()
     proc.communicate(timeout=120)
     ended = time.monotonic() - started
