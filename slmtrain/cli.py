@@ -122,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: " + _paragraph(str(e)), file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - a bug or an environment failure: keep the traceback for reports
+        from slmtrain.diskspace import plain_write_error
+
+        if (plain := plain_write_error(e)) is not None:  # a full disk or a limit: the user's to fix, not a bug
+            print("error: " + _paragraph(plain), file=sys.stderr)
+            return 1
         traceback.print_exc()
         print("error: " + _paragraph(f"{type(e).__name__}: {e}"), file=sys.stderr)
         return 1

@@ -82,3 +82,24 @@ def describe(error: BaseException, root: Path, needed: int) -> str:
     if problem is not None:
         return problem
     return f"{type(error).__name__}: {error}"
+
+
+def plain_write_error(error: BaseException) -> str | None:
+    """A failed write outside a checkpoint save (the data cache, metrics, run.json) in words, or None when
+    `error` is not a write error of the environment (then it is a bug, reported with its traceback)."""
+    for e in _chain(error):
+        code = getattr(e, "errno", None)
+        name = getattr(e, "filename", None)
+        where = f" writing {name}" if name else ""
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            at = f" (the filesystem at {mount_point(Path(name))} has {fmt_count(free_bytes(Path(name)))}B free)" \
+                if name else ""
+            return f"no space left on device{where}{at}: free some space, then run the command again"
+        if code in (errno.EACCES, errno.EPERM):
+            return f"permission denied{where}: make that place writable for this user, or choose another"
+        if code == errno.EFBIG:
+            return (f"file size limit exceeded{where} (see `ulimit -f`): raise the limit for this process, then run "
+                    f"the command again")
+        if code == errno.EROFS:
+            return f"read-only filesystem{where}: choose a writable place"
+    return None

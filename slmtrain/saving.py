@@ -69,6 +69,11 @@ class Saver:
         # Ranks must agree: a wall-clock trigger can fire on one rank and not another.
         return by_steps or bool(self.cfg.every_minutes and dist.max_over_ranks(int(by_time), self.ctx.device))
 
+    def expect_like(self, checkpoint: Path) -> None:
+        """Expect the next save to take what `checkpoint` (the one just resumed from) takes: on a nearly full
+        disk, the first save of a resumed attempt is then judged by a real size, not by an estimate."""
+        self.last_bytes = sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+
     def expected_bytes(self) -> int:
         """What the next checkpoint will take on disk: the last one's size, or weights + optimizer state."""
         if self.last_bytes is not None:

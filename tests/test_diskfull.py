@@ -69,17 +69,32 @@ def test_a_full_disk_is_said_plainly_and_resume_finishes_exactly(small_fs: Path,
     assert all((a[k] == b[k]).all() for k in a)
 
 
-def test_a_file_size_limit_mid_write_is_named(tmp_path: Path, cache: Path) -> None:
-    recipe = write_recipe(tmp_path, cache)
-    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+_LIMITED = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
             "resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000)); "
             "from slmtrain import cli; sys.exit(cli.main(sys.argv[1:]))")
-    proc = subprocess.run([sys.executable, "-c", code, "run", str(recipe), "--run-dir", str(tmp_path / "run"),
+
+
+def test_a_file_size_limit_mid_write_is_named(tmp_path: Path, cache: Path) -> None:
+    recipe = write_recipe(tmp_path, cache)
+    assert cli.main(["prepare", str(recipe)]) == 0  # the token files are larger than the limit set below
+    proc = subprocess.run([sys.executable, "-c", _LIMITED, "run", str(recipe), "--run-dir", str(tmp_path / "run"),
                            *_sets()], capture_output=True, text=True, timeout=300)
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 1, proc.stderr
     assert "failed: file size limit exceeded" in err and "ulimit -f" in err and "Traceback" not in err
     assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if ".tmp-" in p.name]
+
+
+def test_a_write_error_while_preparing_data_is_said_plainly_and_leaves_no_partial_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    recipe = write_recipe(tmp_path, cache)
+    proc = subprocess.run([sys.executable, "-c", _LIMITED, "prepare", str(recipe)], capture_output=True, text=True,
+                          timeout=300)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 1, proc.stderr
+    assert "error: file size limit exceeded" in err and "ulimit -f" in err and "Traceback" not in err, err
+    # Nothing half-written is left to be trusted: the next prepare (without the limit) builds the cache whole.
+    assert cli.main(["prepare", str(recipe)]) == 0
 
 
 def test_a_real_enospc_and_eacces_inside_wrappers_are_named(small_fs: Path, tmp_path: Path) -> None:
