@@ -37,17 +37,23 @@ class KVCache:
     """Preallocated keys and values of every layer for incremental decoding.
 
     `k[i]` and `v[i]` are (B, n_head, seq_len, head_dim); positions [0, length) hold valid entries.
-    `GPT.forward` writes the new positions of every layer, then advances `length`.
+    `GPT.forward` writes the new positions of every layer, then advances `length`. `positions` (0 ..
+    seq_len-1) and, with RoPE, `rope` (the cos and sin of every position) are built once here, so a decode
+    step needs neither an arange nor trigonometry per token.
     """
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, seq_len: int, head_dim: int,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 rope_theta: float | None = None) -> None:
         shape = (batch_size, n_head, seq_len, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.length = 0
+        self.positions = torch.arange(seq_len, device=device)
+        self.rope = None if rope_theta is None else \
+            rope_angles(head_dim, rope_theta, 0, seq_len, self.positions.device)
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store `k`, `v` (B, n_head, T, head_dim) at [length, length+T) of `layer`; return all valid ones.
@@ -105,16 +111,17 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return q, k, v
 
-    def decode(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache, layer: int, pos: Tensor,
+    def decode(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache, layer: int, at: Tensor,
                visible: Tensor) -> Tensor:
-        """One new position `pos` (a 0-d tensor) per sequence, attending over the whole preallocated cache
-        with `visible` masking the positions not written yet: every shape is fixed, so a compiled decode
-        step is compiled once."""
+        """One new position `at` (a 1-element long tensor) per sequence, attending over the whole
+        preallocated cache; `visible` (1, seq_len) adds -inf at the positions not written yet. Every shape
+        is fixed, so a compiled decode step is compiled once."""
         B, T, C = x.shape
         q, k, v = self._qkv(x, rope)
-        cache.k[layer].index_copy_(2, pos.view(1), k.to(cache.k[layer].dtype))
-        cache.v[layer].index_copy_(2, pos.view(1), v.to(cache.v[layer].dtype))
-        y = F.scaled_dot_product_attention(q, cache.k[layer].to(q.dtype), cache.v[layer].to(q.dtype), attn_mask=visible)
+        keys, values = cache.k[layer], cache.v[layer]
+        keys.index_copy_(2, at, k.to(keys.dtype))
+        values.index_copy_(2, at, v.to(values.dtype))
+        y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=visible.to(q.dtype))
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
@@ -155,6 +162,10 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.project(x))
+
+    def project(self, x: Tensor) -> Tensor:
+        """The MLP without its output dropout, for decode steps (which never drop)."""
         h = self.c_fc(x)
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
@@ -163,7 +174,7 @@ class MLP(nn.Module):
             h = F.relu(h).square()
         else:
             h = F.gelu(h, approximate="tanh")  # GPT-2's GELU, so exported weights behave the same
-        return self.drop(self.c_proj(h))
+        return self.c_proj(h)
 
 
 def _norm(cfg: ModelConfig) -> nn.Module:
@@ -184,10 +195,10 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), rope, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
-    def decode(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache, layer: int, pos: Tensor,
+    def decode(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache, layer: int, at: Tensor,
                visible: Tensor) -> Tensor:
-        x = x + self.attn.decode(self.ln_1(x), rope, cache, layer, pos, visible)
-        return x + self.mlp(self.ln_2(x))
+        x = x + self.attn.decode(self.ln_1(x), rope, cache, layer, at, visible)
+        return x + self.mlp.project(self.ln_2(x))
 
 
 class GPT(nn.Module):
@@ -250,7 +261,8 @@ class GPT(nn.Module):
         """An empty KV cache for `batch_size` sequences; defaults to the device and dtype of the weights."""
         w = self.wte.weight
         return KVCache(self.cfg.n_layer, batch_size, self.cfg.n_head, self.cfg.seq_len,
-                       self.cfg.n_embd // self.cfg.n_head, device or w.device, dtype or w.dtype)
+                       self.cfg.n_embd // self.cfg.n_head, device or w.device, dtype or w.dtype,
+                       self.cfg.rope_theta if self.wpe is None else None)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None,
                 cache: KVCache | None = None) -> tuple[Tensor, Tensor | None]:
@@ -300,20 +312,22 @@ class GPT(nn.Module):
     def decode_step(self, token: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
         """Logits (B, vocab_size) of the position after `token` (B, 1), which sits at position `pos` (a 0-d
         long tensor); writes its keys and values at `pos` of every layer of `cache` and does not touch
-        `cache.length` (the caller tracks the position). Fixed shapes throughout, for `torch.compile`.
+        `cache.length` (the caller tracks the position). Fixed shapes throughout, for `torch.compile`. It
+        applies no dropout, so it computes the same in training and in eval mode and needs no mode switch.
         """
+        at = pos.view(1)
         x = self.wte(token)
         rope = None
         if self.wpe is not None:
-            x = x + self.wpe(pos.view(1))
+            x = x + self.wpe(at)
         else:
-            hd = self.cfg.n_embd // self.cfg.n_head
-            inv_freq = self.cfg.rope_theta ** (-torch.arange(0, hd, 2, device=token.device, dtype=torch.float32) / hd)
-            angles = pos.float().view(1, 1) * inv_freq
-            rope = angles.cos(), angles.sin()
-        visible = (torch.arange(cache.seq_len, device=token.device) <= pos).view(1, -1)
+            assert cache.rope is not None, "a RoPE model's cache holds the angles (GPT.new_cache)"
+            cos, sin = cache.rope
+            rope = cos.index_select(0, at), sin.index_select(0, at)  # (1, head_dim/2) each
+        # Additive rather than boolean: SDPA would turn a boolean mask into this in every layer.
+        visible = torch.where(cache.positions <= pos, 0.0, float("-inf")).view(1, -1)
         for layer, block in enumerate(self.h):
-            x = block.decode(x, rope, cache, layer, pos, visible)
+            x = block.decode(x, rope, cache, layer, at, visible)
         logits = F.linear(self.ln_f(x[:, -1]), self.output_weight)
         if self.cfg.logit_softcap:
             logits = self.cfg.logit_softcap * torch.tanh(logits / self.cfg.logit_softcap)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -11,6 +13,15 @@ from slmtrain.model import GPT
 
 FLAVOURS = ("gpt2", "llama")
 SEQ = 24
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """torch at 2 intra-op threads for the test, the previous count put back after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 def model_for(flavour: str = "gpt2", seed: int = 0) -> GPT:
@@ -94,24 +105,60 @@ def test_stops_before_eos_and_after_max_new_tokens() -> None:
     assert list(generate(model, [3, 1], 0)) == []
 
 
-def test_streams_lazily_and_restores_training_mode() -> None:
+def test_streams_lazily_and_restores_training_mode(two_threads: None) -> None:
     model = model_for(seed=3)
     model.train()
     stream = generate(model, [2, 2], 10)
     assert next(stream) == list(generate(model, [2, 2], 1))[0]
-    # Between tokens the caller sees its own modes: training on, gradients on.
-    assert model.training and torch.is_grad_enabled()
-    assert len(list(stream)) == 9
+    next(stream)  # the first token through the decode step
+    # Between tokens the caller sees its own modes and threads: training on, gradients on, 2 threads.
+    assert model.training and torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    assert torch.get_num_threads() == 2
+    assert len(list(stream)) == 8
     assert model.training
     model.eval()
     list(generate(model, [2], 3))
     assert not model.training
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_model_in_training_mode_decodes_without_dropout(flavour: str) -> None:
+    cfg = ModelConfig(flavour=flavour, n_layer=2, n_head=4, n_embd=32, seq_len=SEQ, vocab_size=96, init_std=0.3,
+                      dropout=0.5)
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    want = list(generate(model, [5, 17, 3], 15))
+    assert len(set(want)) > 3
+    model.train()
+    assert list(generate(model, [5, 17, 3], 15)) == want
+    # Same for sampling: the decode steps drop nothing, so only the seed decides.
+    sampled = [list(generate(model, [5, 17, 3], 15, temperature=1.0, generator=torch.Generator().manual_seed(1)))
+               for _ in range(2)]
+    model.eval()
+    assert sampled[0] == sampled[1] == \
+        list(generate(model, [5, 17, 3], 15, temperature=1.0, generator=torch.Generator().manual_seed(1)))
+
+
+def test_decoding_threads_change_no_token_and_the_caller_keeps_its_count(two_threads: None) -> None:
+    model = model_for("llama")
+    seen: list[int] = []  # the thread count each forward and decode step ran with
+    model.ln_f.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    stream = generate(model, [9, 4, 1], 20)
+    one = [next(stream), next(stream)]  # the second through the decode step
+    assert torch.get_num_threads() == 2  # between tokens, the caller's count
+    one += list(stream)
+    assert seen == [1] * 20
+    seen.clear()
+    assert list(generate(model, [9, 4, 1], 20, threads=None)) == one
+    assert seen == [2] * 20
+    assert greedy_with_margins(model, [9, 4, 1], 20)[0] == one
+    assert torch.get_num_threads() == 2
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(temperature=-0.1), dict(temperature=float("nan")), dict(temperature=float("inf")),
     dict(top_p=0.0), dict(top_p=1.01), dict(top_p=-0.5), dict(top_k=-1), dict(max_new_tokens=-1),
-    dict(prompt_ids=[]), dict(prompt_ids=[96]), dict(prompt_ids=[-1]),
+    dict(prompt_ids=[]), dict(prompt_ids=[96]), dict(prompt_ids=[-1]), dict(threads=0),
 ])
 def test_bad_arguments_raise_at_call_time(kwargs: dict[str, object]) -> None:
     args: dict[str, object] = dict(prompt_ids=[1], max_new_tokens=5) | kwargs
