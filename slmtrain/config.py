@@ -50,7 +50,7 @@ class DataConfig:
     builtin_valid_stories: int = _f(500, "Stories generated for validation, from a disjoint seed.", lo=1)
     max_documents: int = _f(0, "Use at most this many training documents (0: all).", lo=0)
     cache_dir: str = _f("", "Where prepared token files live. Empty: OUT_DIR/.data.")
-    prepare_workers: int = _f(0, "Tokenizer processes: 0 or 1 tokenize in-process on every core (Rust threads).",
+    prepare_workers: int = _f(0, "Tokenizer processes: 0 or 1 tokenize in-process on one thread per core.",
                               lo=0, hi=256)
     loader_workers: int = _f(0, "DataLoader worker processes serving batches.", lo=0, hi=64)
 
@@ -139,6 +139,8 @@ class TrainConfig:
     budget_probe_steps: int = _f(20, "Steps at the start of a budgeted run before its step count is fixed (the "
                                  "first 4 of an attempt are not timed).", lo=2, hi=10000)
     skip_nonfinite: int = _f(5, "Consecutive non-finite steps tolerated (skipped) before the run fails.", lo=0)
+    fused_head_loss: bool = _f(False, "Training steps compute the output head and the loss chunk by chunk, gradients "
+                                      "included, never holding the whole (tokens x vocab) logits and their gradient.")
 
 
 @dataclass(frozen=True)

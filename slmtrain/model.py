@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slmtrain.config import ModelConfig
+from slmtrain.headloss import head_loss
 
 
 def swiglu_hidden(cfg: ModelConfig) -> int:
@@ -264,14 +265,16 @@ class GPT(nn.Module):
                        self.cfg.n_embd // self.cfg.n_head, device or w.device, dtype or w.dtype,
                        self.cfg.rope_theta if self.wpe is None else None)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None,
-                cache: KVCache | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, idx: Tensor, targets: Tensor | None = None, cache: KVCache | None = None,
+                loss_only: bool = False) -> tuple[Tensor | None, Tensor | None]:
         """Logits for every position, and the mean next-token loss when targets are given.
 
         Args:
             idx: (B, T) token ids.
             targets: (B, T) token ids to predict; -1 marks positions left out of the loss.
             cache: continue after the `cache.length` positions already in it, and append these T.
+            loss_only: with targets, return (None, loss) computed by `slmtrain.headloss` (head and
+                loss chunk by chunk; the logits are never materialised).
 
         Returns:
             logits (B, T, vocab_size) in the compute dtype, and the fp32 cross-entropy or None.
@@ -299,6 +302,9 @@ class GPT(nn.Module):
             x = block(x, rope, cache, layer)
         if cache is not None:
             cache.length += T
+        if loss_only and targets is not None:
+            h = self.ln_f(x).view(B * T, -1)
+            return None, head_loss(h, self.output_weight, targets.reshape(B * T), self.cfg.logit_softcap)
         logits = F.linear(self.ln_f(x), self.output_weight)  # (B, T, V)
         if self.cfg.logit_softcap:
             cap = self.cfg.logit_softcap

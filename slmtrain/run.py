@@ -249,6 +249,8 @@ class RunManager:
         self.curves = CurvesRefresher(self.run_dir) if main and cfg.log.curves else None
         self.ctx.metrics = self.metrics
         self.saver = Saver(ts, self.ctx)
+        if self.resume and resumed_from is not None:
+            self.saver.expect_like(resumed_from)
         if self.resume:
             if resumed_from is not None:
                 self.metrics.write("event", event="resume", step=st["step"], checkpoint=resumed_from.name)
@@ -299,7 +301,7 @@ class RunManager:
             self.saver.poll()
             stats = train_step(model, batches, ts.optimizer, ts.scheduler, grad_accum=t.grad_accum,
                                grad_clip=cfg.optim.grad_clip, device=self.device, precision=cfg.run.precision,
-                               scaler=ts.scaler)
+                               scaler=ts.scaler, fused_head_loss=t.fused_head_loss)
             st["step"] += 1
             st["tokens"] += stats.tokens * self.info.world_size
             st["train_seconds"] = step_start_seconds + time.monotonic() - loop_start
@@ -331,6 +333,8 @@ class RunManager:
                     self.pending_losses.clear()
                     self.pending_skips.clear()
                     batches = iter(ts.loader)
+                    # The token count went back with the state: the next rate is measured from here.
+                    last_log, tokens_at_log = time.monotonic(), st["tokens"]
                     continue
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < ts.total_steps:
                 self.evaluate_now()

@@ -40,7 +40,8 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
 
 def train_step(model: torch.nn.Module, batches: Iterator[Batch], optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, *, grad_accum: int, grad_clip: float,
-               device: torch.device, precision: str, scaler: torch.amp.GradScaler | None = None) -> StepStats:
+               device: torch.device, precision: str, scaler: torch.amp.GradScaler | None = None,
+               fused_head_loss: bool = False) -> StepStats:
     """Run `grad_accum` micro-batches and one optimizer update.
 
     A preempted step still completes, so a saved state always sits on an optimizer-step boundary:
@@ -60,7 +61,7 @@ def train_step(model: torch.nn.Module, batches: Iterator[Batch], optimizer: torc
         ctx = sync_ctx() if (sync_ctx is not None and not last) else contextlib.nullcontext()
         with ctx:
             with autocast_context(device.type, precision):
-                _, loss = model(x, y)
+                _, loss = model(x, y, loss_only=fused_head_loss)
             loss = loss / grad_accum
             (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach().float()

@@ -377,6 +377,7 @@ def main() -> int:
 FASTPATHS: dict[str, tuple[list[str], list[str]]] = {
     "torch.compile (model)": (["run.compile=true"], ["run.compile=false"]),
     "fused AdamW": (["optim.fused='on'"], ["optim.fused='off'"]),
+    "fused head + loss": (["train.fused_head_loss=true"], ["train.fused_head_loss=false"]),
 }
 
 

@@ -1,0 +1,64 @@
+"""The output head and the cross-entropy in one pass over chunks of positions, gradients included.
+
+The plain path materialises logits of (tokens x vocab) floats, then their gradient of the same size, and
+reads both several times: at a 4096-token batch and GPT-2's 50k vocabulary that is 0.8 GB each. Here each
+chunk's logits are computed, turned into the loss and into the gradients of the hidden states and of the
+head weight at once, and dropped; backward only scales the stored gradients. Same FLOPs, a fraction of the
+memory (on this project's 2-core test CPU, the same speed as the plain path). Used for training steps (the loss with gradients); the logits
+themselves are never needed there.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def chunk_rows(vocab: int) -> int:
+    """Positions per chunk: about 32 MB of fp32 logits, and never fewer than 1024 rows (measured on CPU:
+    128-row chunks run 5x slower than the plain path, 1024-row ones as fast)."""
+    return max(1024, min(8192, (2**23 // max(1, vocab)) // 256 * 256))
+
+
+class _HeadLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, softcap: float, rows: int) -> Tensor:  # type: ignore[override]
+        valid = targets != -1
+        count = valid.sum().clamp(min=1).to(torch.float32)
+        grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for start in range(0, h.shape[0], rows):
+            hc, tc, vc = h[start:start + rows], targets[start:start + rows], valid[start:start + rows]
+            z = (hc @ weight.t()).float()
+            if softcap:
+                s = torch.tanh(z / softcap)
+                logits = s * softcap
+            else:
+                logits = z
+            lse = torch.logsumexp(logits, dim=-1)
+            picked = tc.clamp(min=0).unsqueeze(1)
+            total += ((lse - logits.gather(1, picked).squeeze(1)) * vc).sum()
+            # d(mean loss)/d(logits) = (softmax - one-hot) / count, zero on ignored positions.
+            g = (logits - lse.unsqueeze(1)).exp_()
+            g.scatter_add_(1, picked, -torch.ones_like(picked, dtype=g.dtype))
+            g.mul_((vc.to(g.dtype) / count).unsqueeze(1))
+            if softcap:
+                g.mul_(1 - s * s)
+            grad_h[start:start + rows] = g @ weight.to(g.dtype)
+            grad_w.add_(g.t() @ hc.to(g.dtype))
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = (h.dtype, weight.dtype)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        grad_h, grad_w = ctx.saved_tensors
+        h_dtype, w_dtype = ctx.dtypes
+        return (grad_h * grad_out).to(h_dtype), (grad_w * grad_out).to(w_dtype), None, None, None
+
+
+def head_loss(h: Tensor, weight: Tensor, targets: Tensor, softcap: float = 0.0) -> Tensor:
+    """Mean next-token cross-entropy (fp32) of `h` (N, C) through the head `weight` (V, C) against `targets` (N,),
+    -1 marking positions left out; the value and gradients of `F.cross_entropy(h @ weight.T)` up to rounding."""
+    return _HeadLoss.apply(h, weight, targets, float(softcap), chunk_rows(weight.shape[0]))
