@@ -5,6 +5,7 @@ servers and in a background thread; it reads files and imports no training code.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import uuid
@@ -21,11 +22,19 @@ PANELS = (("loss", "loss (nats/token)"), ("val_bpb", "validation bits per byte")
 
 
 def _series(records: list[dict[str, Any]], kind: str, key: str, x: str) -> tuple[list[float], list[float]]:
+    """x and y of one quantity; a gap (NaN) where the step goes back, so a rolled-back stretch ends where it
+    was abandoned instead of a line joining its last point to the retrained one."""
     rows = [r for r in records if r.get("kind") == kind and key in r and r.get(x) is not None]
-    if x == "time" and rows:
-        start = min(r["time"] for r in records if "time" in r)
-        return [r["time"] - start for r in rows], [r[key] for r in rows]
-    return [r[x] for r in rows], [r[key] for r in rows]
+    start = min((r["time"] for r in records if "time" in r), default=0.0) if x == "time" else 0.0
+    xs: list[float] = []
+    ys: list[float] = []
+    for prev, r in zip([None, *rows], rows):
+        if prev is not None and r.get("step", 0) < prev.get("step", 0):
+            xs.append(math.nan)
+            ys.append(math.nan)
+        xs.append(r[x] - start)
+        ys.append(r[key])
+    return xs, ys
 
 
 def figure(run_dirs: Sequence[str | Path], x: str = "steps") -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from helpers import run_cli, write_recipe
 
 import slmtrain
 from slmtrain import cli
-from slmtrain.plot import figure, plot
+from slmtrain.plot import _series, figure, plot
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +121,11 @@ def test_status_shows_export_readiness_and_new_verbs_have_help(two_runs: list[Pa
             cli.main([verb, "--help"])
         assert e.value.code == 0
         assert "usage: slmtrain " + verb in capsys.readouterr().out
+
+
+def test_a_rolled_back_stretch_is_drawn_apart_from_the_retrained_one() -> None:
+    records = [{"kind": "train", "step": s, "loss": loss} for s, loss in
+               [(1, 3.0), (2, 2.0), (3, 9.0), (4, 12.0), (2, 2.1), (3, 1.9)]]  # rolled back from 4 to 1
+    xs, ys = _series(records, "train", "loss", "step")
+    assert xs[:4] == [1, 2, 3, 4] and xs[5:] == [2, 3] and math.isnan(xs[4]) and math.isnan(ys[4])
+    assert _series(records[:4], "train", "loss", "step") == ([1, 2, 3, 4], [3.0, 2.0, 9.0, 12.0])
