@@ -65,13 +65,11 @@ def describe(error: BaseException, root: Path, needed: int) -> str:
         where = getattr(e, "filename", None) or root
         if code in (errno.ENOSPC, errno.EDQUOT):
             return space_problem(root, max(needed, free_bytes(root) + 1)) or "no space left on device"
-        if code in (errno.EACCES, errno.EPERM):
-            return f"permission denied writing {where}: make the run directory writable for this user"
-        if code == errno.EFBIG:
-            return (f"file size limit exceeded writing {where} (see `ulimit -f`): raise the limit for this "
-                    f"process or use a smaller model")
         if code == errno.EROFS:
             return f"read-only filesystem at {mount_point(root)}: put the run directory on a writable one"
+        if (named := _named(code, f" writing {where}", "make the run directory writable for this user",
+                            "or use a smaller model", "")) is not None:
+            return named
     # torch's zip writer reports a full disk or a size limit as a bare "unexpected pos": the free space and
     # the process's limit tell which.
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
@@ -95,11 +93,18 @@ def plain_write_error(error: BaseException) -> str | None:
             at = f" (the filesystem at {mount_point(Path(name))} has {fmt_count(free_bytes(Path(name)))}B free)" \
                 if name else ""
             return f"no space left on device{where}{at}: free some space, then run the command again"
-        if code in (errno.EACCES, errno.EPERM):
-            return f"permission denied{where}: make that place writable for this user, or choose another"
-        if code == errno.EFBIG:
-            return (f"file size limit exceeded{where} (see `ulimit -f`): raise the limit for this process, then run "
-                    f"the command again")
-        if code == errno.EROFS:
-            return f"read-only filesystem{where}: choose a writable place"
+        if (named := _named(code, where, "make that place writable for this user, or choose another",
+                            "then run the command again", "choose a writable place")) is not None:
+            return named
+    return None
+
+
+def _named(code: int | None, where: str, permission_fix: str, limit_then: str, readonly_fix: str) -> str | None:
+    """The sentence for a permission error, a file-size limit or a read-only filesystem; None for other codes."""
+    if code in (errno.EACCES, errno.EPERM):
+        return f"permission denied{where}: {permission_fix}"
+    if code == errno.EFBIG:
+        return f"file size limit exceeded{where} (see `ulimit -f`): raise the limit for this process, {limit_then}"
+    if code == errno.EROFS:
+        return f"read-only filesystem{where}: {readonly_fix}"
     return None

@@ -4,8 +4,8 @@ The plain path materialises logits of (tokens x vocab) floats, then their gradie
 reads both several times: at a 4096-token batch and GPT-2's 50k vocabulary that is 0.8 GB each. Here each
 chunk's logits are computed, turned into the loss and into the gradients of the hidden states and of the
 head weight at once, and dropped; backward only scales the stored gradients. Same FLOPs, a fraction of the
-memory (on this project's 2-core test CPU, the same speed as the plain path). Used for training steps (the loss with gradients); the logits
-themselves are never needed there.
+memory (on a 2-core CPU, the same speed as the plain path). Used for training steps (the loss with
+gradients), where the logits themselves are never needed.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def chunk_rows(vocab: int) -> int:
 
 class _HeadLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, softcap: float, rows: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor,  # type: ignore[override]
+                softcap: float, rows: int) -> Tensor:
         valid = targets != -1
         count = valid.sum().clamp(min=1).to(torch.float32)
         grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)

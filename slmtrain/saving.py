@@ -51,7 +51,8 @@ class Saver:
         # With several processes, a background save's collectives (the token broadcast, DCP's plan and result
         # exchange) run on a gloo group of their own: on the training group they would pair up with the
         # training thread's all-reduces. Every rank builds its Saver at the same point, as new_group requires.
-        self.group = torch.distributed.new_group(backend="gloo") if self.background is not None and ctx.info.enabled else None
+        several = self.background is not None and ctx.info.enabled
+        self.group = torch.distributed.new_group(backend="gloo") if several else None
         self.pending_step: int | None = None
         self.last_time = time.monotonic()
         self.last_path: Path | None = None

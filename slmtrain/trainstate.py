@@ -146,7 +146,7 @@ class TrainState:
         self.scheduler.load_state_dict(meta["scheduler"])
         # The schedule's length follows the current recipe (max_steps may be raised on resume); a count
         # a time budget fixed is applied by the run once the counters below are in.
-        set_total_steps(self.scheduler, self.total_steps)
+        self.set_total_steps(self.total_steps)
         if self.scaler is not None and meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
         pieces["trainer"].load_state_dict(meta["trainer"])

@@ -162,7 +162,8 @@ def test_bpe_needs_documents_and_json_must_parse() -> None:
 def _tinystories(shared_data: Path, name: str) -> list[str]:
     path = shared_data / "tinystories" / name
     if not path.is_file():
-        pytest.skip(f"{path} is absent")
+        pytest.skip(f"real TinyStories is absent: {path} (put the shared data beside the repository, or set "
+                    f"SLMTRAIN_SHARED_DATA)")
     return [d.strip() for d in path.read_text(encoding="utf-8").split(EOS_TOKEN) if d.strip()]
 
 
