@@ -118,7 +118,13 @@ def save_checkpoint(root: Path, step: int, app_state: dict[str, Any], rank_state
         fsio.fsync_dir(tmp)
         os.rename(tmp, final)
         fsio.fsync_dir(root)
-    except BaseException:
+    except BaseException as e:
+        # The free space as the write failed, before removing the partial files gives it back: what tells a
+        # full disk from other errors when torch reports it without an errno.
+        try:
+            e.free_bytes_at_failure = shutil.disk_usage(root).free  # type: ignore[attr-defined]
+        except (OSError, AttributeError):
+            pass
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise

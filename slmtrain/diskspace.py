@@ -31,9 +31,10 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(p).free
 
 
-def space_problem(root: Path, needed: int) -> str | None:
-    """A sentence when the filesystem of `root` clearly cannot take `needed` more bytes, else None."""
-    free = free_bytes(root)
+def space_problem(root: Path, needed: int, free: int | None = None) -> str | None:
+    """A sentence when the filesystem of `root` (with `free` bytes free, measured now if None) clearly cannot
+    take `needed` more bytes, else None."""
+    free = free_bytes(root) if free is None else free
     if free >= needed:
         return None
     return (f"no space left on device: the filesystem at {mount_point(root)} has {fmt_count(free)}B free and a "
@@ -76,7 +77,8 @@ def describe(error: BaseException, root: Path, needed: int) -> str:
     if limit != resource.RLIM_INFINITY and limit < needed:
         return (f"file size limit exceeded: this process may write files of at most {fmt_count(limit)}B (see "
                 f"`ulimit -f`) and a checkpoint holds about {fmt_count(needed)}B. Raise the limit and resume")
-    problem = space_problem(root, needed)
+    at_failure = [f for e in _chain(error) if (f := getattr(e, "free_bytes_at_failure", None)) is not None]
+    problem = space_problem(root, needed, min(at_failure) if at_failure else None)
     if problem is not None:
         return problem
     return f"{type(error).__name__}: {error}"
