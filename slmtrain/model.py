@@ -16,6 +16,7 @@ This module knows nothing of training, data or checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -87,6 +88,12 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
 
 
+def _fp32_attention(q: Tensor) -> bool:
+    """Whether attention should compute in fp32: CPU's bf16 attention backward runs 2-3x slower than its fp32
+    one (16 x 4 x 256 x 32: 18 vs 9 ms), which costs a bf16 training step more than its matmuls win."""
+    return q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled()
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -137,11 +144,16 @@ class CausalSelfAttention(nn.Module):
             if past > 0 and T > 1:
                 # New query i sits at position past+i and may see keys [0, past+i].
                 mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            # With past keys and a single query, every key is visible: no mask at all.
-            is_causal=past == 0 and T > 1)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, n_head, T, hd) -> (B, T, C)
+        dtype, fp32 = q.dtype, _fp32_attention(q)
+        if fp32:
+            q, k, v = q.float(), k.float(), v.float()
+        # CPU autocast would cast attention's inputs back to bf16.
+        with torch.autocast("cpu", enabled=False) if fp32 else contextlib.nullcontext():
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                # With past keys and a single query, every key is visible: no mask at all.
+                is_causal=past == 0 and T > 1)
+        y = y.to(dtype).transpose(1, 2).contiguous().view(B, T, C)  # (B, n_head, T, hd) -> (B, T, C)
         return self.resid_drop(self.c_proj(y))
 
 

@@ -21,7 +21,7 @@ from slmtrain.checkpoint import cleanup_tmp, find_resume, list_checkpoints
 from slmtrain.config import Config
 from slmtrain.data.prepare import PrepareInterrupted, prepare_data
 from slmtrain.data.stream import build_train_loader, eval_batches
-from slmtrain.errors import CheckpointError, RunLockedError, SlmError, UserError
+from slmtrain.errors import CheckpointError, ConfigError, RunLockedError, SlmError, UserError
 from slmtrain.generate import generate
 from slmtrain.health import SpikeDetector
 from slmtrain.rollback import rollback
@@ -35,7 +35,7 @@ from slmtrain.optim import build_optimizer, build_scheduler
 from slmtrain.preempt import EXIT_ABORTED, EXIT_PREEMPTED, NoticePoller, PreemptionFlag
 from slmtrain.saving import Saver, restore
 from slmtrain.state import seed_everything
-from slmtrain.train import bits_per_byte, evaluate, perplexity, train_step
+from slmtrain.train import bits_per_byte, evaluate, perplexity, pick_precision, train_step
 from slmtrain.trainstate import RunContext, TrainState
 
 
@@ -169,6 +169,10 @@ class RunManager:
             # cuBLAS needs a fixed workspace to be deterministic; read when its first handle is created.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
+            # Deterministic mode also NaN-fills every new buffer, a guard against kernels that read memory
+            # they never wrote; that costs ~4 % of a CPU step here, and nothing slmtrain runs reads one
+            # (the exact-resume and determinism tests would see it).
+            torch.utils.deterministic.fill_uninitialized_memory = False
         # Rank 0 builds the cache; the others wait, then reuse it instead of tokenizing the same data again.
         if info.is_main:
             self.prepared = prepare_data(cfg, stop=self.flag.check, log=self.console.info)
@@ -181,6 +185,7 @@ class RunManager:
             raise UserError(f"model.vocab_size = {vocab} is smaller than the tokenizer's {tok.vocab_size} tokens: "
                             f"set model.vocab_size = 0 (automatic) or at least {tok.vocab_size}")
         self.cfg = cfg = cfg.replace("model", vocab_size=vocab)
+        self.cfg = cfg = cfg.replace("run", precision=self._precision(cfg.run.precision))
         if info.is_main and not self.resume:
             tok.save(self.run_dir / "tokenizer.json")
             fsio.atomic_write_text(self.run_dir / "recipe.toml", config_mod.to_toml(cfg))
@@ -219,6 +224,18 @@ class RunManager:
                               data_meta=self.prepared.meta, val_batches=val_batches,
                               metrics=MetricsWriter(self.run_dir / "metrics.jsonl", enabled=False),
                               say=self.console.info)
+
+    def _precision(self, name: str) -> str:
+        """run.precision made concrete. The run directory's recipe records the pick, so a resume of an "auto"
+        run computes in the precision the run started in, whatever machine it lands on."""
+        if name == "auto" and self.resume:
+            try:
+                saved = config_mod.load(self.run_dir / "recipe.toml").run.precision
+            except ConfigError:
+                saved = "auto"
+            if saved != "auto":
+                return saved
+        return pick_precision(name, self.device)
 
     def _loader_at(self, start_step: int) -> Any:
         cfg, info, t = self.cfg, self.info, self.cfg.train

@@ -11,9 +11,12 @@ import pytest
 import torch
 from helpers import events, slmtrain_cmd, train_losses, write_recipe
 
-from slmtrain import cli
+from slmtrain import cli, config
+from slmtrain.config import ModelConfig
 from slmtrain.fsio import read_json
 from slmtrain.log import read_jsonl
+from slmtrain.model import GPT
+from slmtrain.train import pick_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from chaos import final_weights  # noqa: E402
@@ -117,6 +120,50 @@ def test_reduced_precision_trains(tmp_path: Path, cache: Path, precision: str) -
     assert losses[20] < losses[1]
     saved = read_json(tmp_path / "run" / "checkpoints" / "step_00000020" / "meta.json")
     assert (saved["scaler"] is not None) == (precision == "fp16")
+
+
+def test_auto_precision_is_recorded_and_a_resume_keeps_the_runs_own(tmp_path: Path, cache: Path) -> None:
+    picked = pick_precision("auto", torch.device("cpu"))
+    assert picked in ("fp32", "bf16")
+    assert _run(tmp_path, cache, "run.precision='auto'", "train.max_steps=2", "eval.every_steps=0") == 0
+    run_dir = tmp_path / "run"
+    assert config.load(run_dir / "recipe.toml").run.precision == picked
+    assert read_json(run_dir / "checkpoints" / "step_00000002" / "config.json")["recipe"]["run"]["precision"] == picked
+    # A run started in the other precision, as on a machine where "auto" picks it, resumed with "auto":
+    # it carries on in its own precision, and its numbers are those of an uninterrupted run.
+    other = "fp32" if picked == "bf16" else "bf16"
+    ref = tmp_path / "ref"
+    rec = str(write_recipe(tmp_path, cache))
+    base = ["--set", f"run.precision='{other}'", "--set", "eval.every_steps=0", "--set", "checkpoint.every_steps=2"]
+    assert cli.main(["run", rec, "--run-dir", str(ref), *base, "--set", "train.max_steps=4"]) == 0
+    part = tmp_path / "part"
+    assert cli.main(["run", rec, "--run-dir", str(part), *base, "--set", "train.max_steps=2"]) == 0
+    assert cli.main(["run", rec, "--run-dir", str(part), "--resume", "--set", "run.precision='auto'",
+                     "--set", "eval.every_steps=0", "--set", "checkpoint.every_steps=2",
+                     "--set", "train.max_steps=4"]) == 0
+    assert config.load(part / "recipe.toml").run.precision == other
+    assert train_losses(part) == train_losses(ref)
+
+
+def test_bf16_attention_computes_in_fp32_on_cpu_when_it_will_be_differentiated() -> None:
+    seen: list[torch.dtype] = []
+
+    class Record(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.nn.functional.scaled_dot_product_attention:
+                seen.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, seq_len=8, vocab_size=32))
+    idx = torch.randint(0, 32, (2, 8))
+    with Record(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(idx, idx)
+        loss.backward()  # CPU's bf16 attention backward is the slow one
+        with torch.no_grad():
+            model(idx, idx)  # no backward to pay for: bf16, the faster forward
+    assert seen == [torch.float32, torch.bfloat16]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 @pytest.mark.parametrize("fused", ["off", "on"], ids=["host-check", "fused-device-flag"])

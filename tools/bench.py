@@ -9,12 +9,13 @@ Prints a table per section and writes every figure to JSON (default runs/bench.j
 
 - ceilings: fp32 and bf16 matmul GFLOP/s at the training shapes (tokens x width x {3,4}width and x vocab),
   and memory bandwidth (a large copy: bytes read + written per second).
-- train: 4L/4H/d128 and 6L/8H/d256 (gpt2 shape without biases, tied head, ctx 256, batch 16, vocab 4096,
-  fp32): `slmtrain run` (the whole framework: data loader, step, logging, preemption checks) and the plain
-  loop of tools/bench_reference.py, alternating A, B, A, B in this one process, same thread count. Figures
-  per 10-step interval after the first interval (compilation and warm-up); median and spread over all.
-  MFU is model FLOPs (6 x matmul parameters incl. the head, plus attention's 6 x 2 x layers x ctx x width
-  per token) over the fp32 ceiling measured here.
+- train: 4L/4H/d128 and 6L/8H/d256 (gpt2 shape without biases, tied head, ctx 256, batch 16, vocab 4096):
+  `slmtrain run` (the whole framework: data loader, step, logging, preemption checks) in three
+  configurations (CONFIGS: the fast paths the shipped CPU recipes use, fp32 compiled, fp32 eager) and the
+  plain fp32 eager loop of tools/bench_reference.py, alternating in this one process, same thread count.
+  Figures per 10-step interval after the first interval (compilation and warm-up); median and spread over
+  all. MFU is model FLOPs (6 x matmul parameters incl. the head, plus attention's 6 x 2 x layers x ctx x
+  width per token) over the ceiling measured here for the dtype the run computes in.
 - recipes: the shipped recipes' models on their own data, tokens/s and MFU.
 - profile: where a step's time goes (torch.profiler, top ops by self CPU time), slmtrain and reference.
 - fastpaths: each fast path on and off, tokens/s side by side.
@@ -175,35 +176,64 @@ def _train_data(work: Path) -> np.ndarray:
     return open_tokens(prepared.train_path)
 
 
-def train_section(work: Path, reps: int, steps: int, sets: list[str], ceiling: float | None) -> dict[str, Any]:
+# slmtrain's configurations raced against the reference: --set values, and the dtype whose ceiling its MFU uses.
+# "fast paths" is what the shipped CPU recipes run: compiled, and bf16 autocast where the hardware wins with it.
+CONFIGS: dict[str, tuple[list[str], str]] = {
+    "fast paths": (["run.compile=true", "run.precision='auto'"], "auto"),
+    "fp32 compiled": (["run.compile=true"], "float32"),
+    "fp32 eager": ([], "float32"),
+}
+
+
+def _auto_dtype() -> str:
+    from slmtrain.train import pick_precision
+
+    return "bfloat16" if pick_precision("auto", torch.device("cpu")) == "bf16" else "float32"
+
+
+def train_section(work: Path, reps: int, steps: int, sets: list[str], ceils: dict[str, Any] | None
+                  ) -> dict[str, Any]:
     data = _train_data(work)
     out: dict[str, Any] = {}
     for name, (n_layer, n_head, d) in SHAPES.items():
-        slm, ref, ratios = [], [], []
-        for rep in range(reps):  # A, B, A, B: drift on a shared machine hits both alike
-            a = slmtrain_rates(work, name, n_layer, n_head, d, steps, sets)["rates"]
-            b = reference_rates(data, n_layer, n_head, d, steps)["rates"]
-            slm += a
-            ref += b
-            ratios.append(statistics.median(a) / statistics.median(b))
+        rates: dict[str, list[float]] = {c: [] for c in [*CONFIGS, "reference"]}
+        ratios: dict[str, list[float]] = {c: [] for c in CONFIGS}
+        for rep in range(reps):  # A, B, C, R, A, B, C, R: drift on a shared machine hits them alike
+            medians = {}
+            for conf, (conf_sets, _) in CONFIGS.items():
+                r = slmtrain_rates(work, name, n_layer, n_head, d, steps, conf_sets + sets)["rates"]
+                rates[conf] += r
+                medians[conf] = statistics.median(r)
+            ref = reference_rates(data, n_layer, n_head, d, steps)["rates"]
+            rates["reference"] += ref
+            for conf in CONFIGS:
+                ratios[conf].append(medians[conf] / statistics.median(ref))
         fpt = flops_per_token(n_layer, d, VOCAB, CTX)
-        row = {"slmtrain": _spread(slm), "reference": _spread(ref), "ratio": _spread(ratios),
-               "flops_per_token": fpt}
-        if ceiling:
-            row["mfu_slmtrain"] = statistics.median(slm) * fpt / (ceiling * 1e9)
-            row["mfu_reference"] = statistics.median(ref) * fpt / (ceiling * 1e9)
+        row: dict[str, Any] = {"flops_per_token": fpt, "configs": {}}
+        for conf, xs in rates.items():
+            dtype = CONFIGS[conf][1] if conf in CONFIGS else "float32"
+            dtype = _auto_dtype() if dtype == "auto" else dtype
+            entry = {"tokens_per_s": _spread(xs), "dtype": dtype}
+            if conf in ratios:
+                entry["ratio"] = _spread(ratios[conf])
+            if ceils:
+                entry["mfu"] = statistics.median(xs) * fpt / (ceils[f"{dtype}_gflops"] * 1e9)
+                entry["mfu_of_fp32_ceiling"] = statistics.median(xs) * fpt / (ceils["float32_gflops"] * 1e9)
+            row["configs"][conf] = entry
         out[name] = row
     return out
 
 
 def print_train(t: dict[str, Any], title: str = "train: slmtrain vs the plain reference loop") -> None:
-    print(f"\n== {title} (tokens/s per 10-step interval: median [min-max])")
+    print(f"\n== {title} (tokens/s per 10-step interval: median [min-max]; ratio to the reference per pair; "
+          f"MFU of the ceiling of the dtype it computes in)")
     for name, r in t.items():
-        ms = {k: 1000 * BATCH * CTX / r[k]["median"] for k in ("slmtrain", "reference")}
-        mfu = (f" | MFU {100 * r['mfu_slmtrain']:.0f}% vs {100 * r['mfu_reference']:.0f}%"
-               if "mfu_slmtrain" in r else "")
-        print(f"  {name}: slmtrain {_fmt(r['slmtrain'])} ({ms['slmtrain']:.0f} ms/step) | reference "
-              f"{_fmt(r['reference'])} ({ms['reference']:.0f} ms/step) | ratio {_fmt(r['ratio'], 'x', digits=2)}{mfu}")
+        print(f"  {name}:")
+        for conf, e in r["configs"].items():
+            ms = 1000 * BATCH * CTX / e["tokens_per_s"]["median"]
+            ratio = f" | ratio {_fmt(e['ratio'], 'x', digits=2)}" if "ratio" in e else ""
+            mfu = f" | MFU {100 * e['mfu']:.0f}% ({e['dtype']})" if "mfu" in e else ""
+            print(f"    {conf:14s} {_fmt(e['tokens_per_s'])} tokens/s ({ms:.0f} ms/step){ratio}{mfu}")
 
 
 # ------------------------------------------------------------------------------------------- profile
@@ -236,7 +266,7 @@ def print_profile(p: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------- recipes, rest
-def recipes_section(work: Path, ceiling: float | None, steps: int) -> dict[str, Any]:
+def recipes_section(work: Path, ceils: dict[str, Any] | None, steps: int) -> dict[str, Any]:
     from slmtrain import config
 
     out = {}
@@ -257,9 +287,10 @@ def recipes_section(work: Path, ceiling: float | None, steps: int) -> dict[str, 
         m = cfg.model
         mlp = 3 * (2 / 3) if m.flavour == "llama" else 4  # SwiGLU's three matrices at 2/3 width
         fpt = flops_per_token(m.n_layer, m.n_embd, m.vocab_size, m.seq_len, mlp=int(round(mlp * 2)) / 2)
-        row = {"tokens_per_s": _spread(rates), "flops_per_token": fpt}
-        if ceiling:
-            row["mfu"] = statistics.median(rates) * fpt / (ceiling * 1e9)
+        dtype = "bfloat16" if cfg.run.precision == "bf16" else "float32"  # the run records what "auto" picked
+        row = {"tokens_per_s": _spread(rates), "flops_per_token": fpt, "dtype": dtype, "compile": cfg.run.compile}
+        if ceils:
+            row["mfu"] = statistics.median(rates) * fpt / (ceils[f"{dtype}_gflops"] * 1e9)
         out[recipe] = row
     return out
 
@@ -270,8 +301,9 @@ def print_recipes(r: dict[str, Any]) -> None:
         if "skipped" in row:
             print(f"  {name}: skipped ({row['skipped']})")
             continue
-        mfu = f", MFU {100 * row['mfu']:.0f}%" if "mfu" in row else ""
-        print(f"  {name}: {_fmt(row['tokens_per_s'])} tokens/s{mfu}")
+        mfu = f", MFU {100 * row['mfu']:.0f}% of the {row['dtype']} ceiling" if "mfu" in row else ""
+        how = f"{row['dtype']}{', compiled' if row['compile'] else ''}"
+        print(f"  {name} ({how}): {_fmt(row['tokens_per_s'])} tokens/s{mfu}")
 
 
 def generate_section(reps: int) -> dict[str, Any]:
@@ -339,19 +371,17 @@ def main() -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        ceiling = None
         if "ceilings" in only or "train" in only or "recipes" in only:
             results["ceilings"] = ceilings(args.reps)
-            ceiling = results["ceilings"]["float32_gflops"]
             print_ceilings(results["ceilings"])
         if "train" in only:
-            results["train"] = train_section(work, args.reps, args.steps, args.sets, ceiling)
+            results["train"] = train_section(work, args.reps, args.steps, args.sets, results.get("ceilings"))
             print_train(results["train"])
         if "fastpaths" in only:
             results["fastpaths"] = fastpaths_section(work, args.reps, args.steps)
             print_fastpaths(results["fastpaths"])
         if "recipes" in only:
-            results["recipes"] = recipes_section(work, ceiling, args.steps)
+            results["recipes"] = recipes_section(work, results.get("ceilings"), args.steps)
             print_recipes(results["recipes"])
         if "profile" in only:
             results["profile"] = profile_section(work, args.sets)
@@ -378,6 +408,8 @@ FASTPATHS: dict[str, tuple[list[str], list[str]]] = {
     "torch.compile (model)": (["run.compile=true"], ["run.compile=false"]),
     "fused AdamW": (["optim.fused='on'"], ["optim.fused='off'"]),
     "fused head + loss": (["train.fused_head_loss=true"], ["train.fused_head_loss=false"]),
+    "bf16 autocast": (["run.precision='bf16'"], ["run.precision='fp32'"]),
+    "bf16 autocast, compiled": (["run.precision='bf16'", "run.compile=true"], ["run.precision='fp32'", "run.compile=true"]),
 }
 
 
