@@ -177,6 +177,14 @@ def test_gpt2_fast_encoder_gives_the_same_ids_on_real_tinystories(gpt2: Tokenize
     _assert_same_ids(gpt2, docs + TRICKY + TEXTS)
 
 
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.text(alphabet="'sStdmlvreLé日1٣²_. !?\n\t\u00a0\u3000", max_size=30), max_size=8))
+def test_gpt2_fast_encoder_splits_pieces_as_tokenizers_does(gpt2: Tokenizer, texts: list[str]) -> None:
+    # tiktoken's pattern is GPT-2's factored: contractions next to other apostrophes and letters, letters
+    # next to digits and symbols, every kind of whitespace run, so any piece split differently shows up.
+    assert gpt2.encode_stream(texts, np.uint32).tolist() == _stream([gpt2.encode(t) for t in texts], gpt2.eos_id)
+
+
 def test_trained_bpe_fast_encoder_gives_the_same_ids_on_real_tinystories(shared_data: Path) -> None:
     valid, train = _tinystories(shared_data, "valid.txt"), _tinystories(shared_data, "train.txt")
     tok = train_bpe(valid, 2048, 2)

@@ -3,7 +3,7 @@
     python tools/bench_train.py                         # quickstart model: tokens/s, ms/step, overhead share
     python tools/bench_train.py --run-dir runs/quickstart   # also report a finished run's final figures
     python tools/bench_train.py --prepare ../shared/data/tinystories/train.txt --gpt2 ../shared/data/gpt2 \
-        --bpe-vocab 4096 --reps 5 [--baseline ../old-checkout]   # `prepare` MB/s only
+        --bpe-vocab 4096 --reps 5 [--baseline ../old-checkout] [--idle-wait 60]   # `prepare` MB/s only
 
 "Overhead" is the share of a step's wall time spent outside forward, backward and the optimizer:
 fetching the batch from the DataLoader, the host sync for the loss and writing the metrics line.
@@ -132,16 +132,47 @@ def train_recipe_bpe(text: Path, vocab_size: int, out: Path) -> tuple[Path, floa
     return out / "tokenizer.json", seconds
 
 
-def bench_prepare(text: Path, tokenizers: dict[str, Path], reps: int, baseline: Path | None = None
-                  ) -> dict[str, dict[str, list[float]]]:
-    """MB/s per repetition for each named tokenizer, for this checkout ("this") and `baseline`, alternating."""
+def _cpu_idle_share(seconds: float) -> float:
+    """Share of all CPUs' time idle over the next `seconds` (Linux /proc/stat); 1.0 where it cannot tell."""
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, all
+    try:
+        idle0, all0 = sample()
+        time.sleep(seconds)
+        idle1, all1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 1.0
+    return (idle1 - idle0) / max(1, all1 - all0)
+
+
+def wait_for_idle(timeout: float, share: float = 0.9) -> bool:
+    """Wait up to `timeout` seconds for a half second with `share` of the CPUs idle; whether one came."""
+    deadline = time.monotonic() + timeout
+    while _cpu_idle_share(0.5) < share:
+        if time.monotonic() > deadline:
+            return False
+    return True
+
+
+def bench_prepare(text: Path, tokenizers: dict[str, Path], reps: int, baseline: Path | None = None,
+                  idle_wait: float = 0.0) -> tuple[dict[str, dict[str, list[float]]], int]:
+    """MB/s per repetition for each named tokenizer, for this checkout ("this") and `baseline`, alternating,
+    and how many runs started on a busy machine.
+
+    With `idle_wait` each run first waits up to that many seconds for idle CPUs: a shared machine's other
+    jobs move the figures by a factor of two, alternating evens that out but hides the quiet figure.
+    """
     checkouts = {"this": REPO} | ({"baseline": baseline} if baseline else {})
     figures: dict[str, dict[str, list[float]]] = {name: {c: [] for c in checkouts} for name in tokenizers}
+    busy = 0
     for _ in range(reps):
         for name, tokenizer in tokenizers.items():
             for c, root in checkouts.items():
+                if idle_wait and not wait_for_idle(idle_wait):
+                    busy += 1
                 figures[name][c].append(prepare_once(text, tokenizer, root)["MB_per_s"])
-    return figures
+    return figures, busy
 
 
 def spread(xs: list[float]) -> str:
@@ -171,6 +202,8 @@ def main() -> int:
     p.add_argument("--bpe-vocab", type=int, default=0, help="also time a BPE of this size trained on the file")
     p.add_argument("--reps", type=int, default=3, help="repetitions of each --prepare measurement")
     p.add_argument("--baseline", help="another slmtrain checkout to time --prepare against, alternating")
+    p.add_argument("--idle-wait", type=float, default=0.0, metavar="SECONDS",
+                   help="before each --prepare run, wait up to this long for idle CPUs (shared machines)")
     p.add_argument("--run-dir", help="a finished run whose final figures to print")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
@@ -181,9 +214,11 @@ def main() -> int:
                 path, seconds = train_recipe_bpe(text, args.bpe_vocab, Path(d) / "bpe")
                 print(f"trained the {args.bpe_vocab}-token BPE on {text} in {seconds:.2f}s")
                 tokenizers[f"bpe-{args.bpe_vocab}"] = path
-            figures = bench_prepare(text, tokenizers, args.reps, Path(args.baseline) if args.baseline else None)
+            figures, busy = bench_prepare(text, tokenizers, args.reps, Path(args.baseline) if args.baseline else None,
+                                          args.idle_wait)
+            waited = f", {busy} run(s) found no idle moment" if args.idle_wait else ""
             print(f"prepare {text} ({text.stat().st_size / 1e6:.2f} MB, {os.cpu_count()} CPUs), MB/s "
-                  f"end to end, median [min-max] of {args.reps}:")
+                  f"end to end, median [min-max] of {args.reps}{waited}:")
             for name, by_checkout in figures.items():
                 print(f"  {name:10s} " + " | ".join(f"{c} {spread(xs)}" for c, xs in by_checkout.items()))
         else:

@@ -71,11 +71,22 @@ def load_splits(cfg: DataConfig, splits: Sequence[str] = SPLITS) -> dict[str, li
     return out
 
 
-def source_fingerprint(cfg: DataConfig, split: str) -> str:
+def source_fingerprints(cfg: DataConfig) -> dict[str, str]:
+    """`source_fingerprint` of every split; a file both splits come from is hashed once.
+
+    Raises:
+        DataError: as `load_documents`, for missing files.
+    """
+    hashes: dict[Path, str] = {}
+    return {split: source_fingerprint(cfg, split, hashes) for split in SPLITS}
+
+
+def source_fingerprint(cfg: DataConfig, split: str, hashes: dict[Path, str] | None = None) -> str:
     """sha256 hex digest of everything that determines `load_documents(cfg, split)`.
 
     Files are hashed by content (a renamed or moved corpus keeps its fingerprint); the built-in
-    corpus by the generator's source code, the story count and the seed.
+    corpus by the generator's source code, the story count and the seed. `hashes` memoizes file
+    digests across the calls of one fingerprinting (pass a fresh dict: files may change between runs).
 
     Raises:
         DataError: as `load_documents`, for missing files.
@@ -97,7 +108,7 @@ def source_fingerprint(cfg: DataConfig, split: str) -> str:
     else:
         key = "valid" if split == "valid" and cfg.valid else "train"
         parts["text_key"] = cfg.text_key
-        parts["files"] = [file_sha256(p) for p in _files(cfg, key)]
+        parts["files"] = [_memo_sha256(p, hashes) for p in _files(cfg, key)]
         if not cfg.valid:
             parts["valid_fraction"] = cfg.valid_fraction
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -146,6 +157,14 @@ def _files(cfg: DataConfig, key: str) -> list[Path]:
                     f"expanded; relative paths start at the working directory).")
 
 
+def _memo_sha256(path: Path, memo: dict[Path, str] | None) -> str:
+    if memo is None:
+        return file_sha256(path)
+    if path not in memo:
+        memo[path] = file_sha256(path)
+    return memo[path]
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """sha256 hex digest of a file's bytes."""
     with open(path, "rb") as f:
@@ -172,7 +191,7 @@ def _read_all(cfg: DataConfig, key: str) -> list[str]:
 
 
 def _strip_all(texts: list[Any]) -> list[str]:
-    return [t.strip() for t in texts if t is not None and t.strip()]
+    return [s for t in texts if t is not None and (s := t.strip())]
 
 
 def _decode(path: Path, key: str) -> str:
