@@ -128,7 +128,8 @@ def test_auto_precision_is_recorded_and_a_resume_keeps_the_runs_own(tmp_path: Pa
     assert _run(tmp_path, cache, "run.precision='auto'", "train.max_steps=2", "eval.every_steps=0") == 0
     run_dir = tmp_path / "run"
     assert config.load(run_dir / "recipe.toml").run.precision == picked
-    assert read_json(run_dir / "checkpoints" / "step_00000002" / "config.json")["recipe"]["run"]["precision"] == picked
+    saved = read_json(run_dir / "checkpoints" / "step_00000002" / "config.json")
+    assert saved["recipe"]["run"]["precision"] == picked
     # A run started in the other precision, as on a machine where "auto" picks it, resumed with "auto":
     # it carries on in its own precision, and its numbers are those of an uninterrupted run.
     other = "fp32" if picked == "bf16" else "bf16"

@@ -409,7 +409,8 @@ FASTPATHS: dict[str, tuple[list[str], list[str]]] = {
     "fused AdamW": (["optim.fused='on'"], ["optim.fused='off'"]),
     "fused head + loss": (["train.fused_head_loss=true"], ["train.fused_head_loss=false"]),
     "bf16 autocast": (["run.precision='bf16'"], ["run.precision='fp32'"]),
-    "bf16 autocast, compiled": (["run.precision='bf16'", "run.compile=true"], ["run.precision='fp32'", "run.compile=true"]),
+    "bf16 autocast, compiled": (["run.precision='bf16'", "run.compile=true"],
+                                ["run.precision='fp32'", "run.compile=true"]),
 }
 
 
