@@ -20,7 +20,7 @@ from slmtrain.data import prepare as prepare_mod
 from slmtrain.data.prepare import (
     HEADER_SIZE, PrepareInterrupted, open_tokens, prepare_data, read_header, token_dtype, write_tokens,
 )
-from slmtrain.data.sources import load_documents, load_splits, source_fingerprint
+from slmtrain.data.sources import load_documents, load_splits, source_fingerprint, source_fingerprints
 from slmtrain.data.stories import generate_stories
 from slmtrain.data.stream import (
     MicroBatchSampler, WindowDataset, build_train_loader, eval_batches, splitmix64, window_starts,
@@ -128,6 +128,9 @@ def test_fingerprints_follow_content_and_keys(tmp_path: Path) -> None:
     b = DataConfig(builtin_train_stories=100)
     assert source_fingerprint(b, "train") != source_fingerprint(replace(b, builtin_train_stories=101), "train")
     assert source_fingerprint(b, "valid") == source_fingerprint(replace(b, builtin_train_stories=101), "valid")
+    # Both splits at once (one hash per file) are the splits' own fingerprints, shared file or not.
+    for both in (cfg, with_valid, b):
+        assert source_fingerprints(both) == {s: source_fingerprint(both, s) for s in ("train", "valid")}
 
 
 def _bad_inputs(tmp: Path) -> list[tuple[DataConfig, str]]:
@@ -256,6 +259,17 @@ def test_prepare_rebuilds_on_source_change_and_corruption(tmp_path: Path, monkey
     assert not repaired.reused and repaired.dir == changed.dir and any("rebuilding" in s for s in logs)
     assert read_header(repaired.train_path)["n_tokens"] == changed.meta["splits"]["train"]["tokens"]
     assert not list((tmp_path / "cache").glob("*.tmp-*")) and not list((tmp_path / "cache").glob("*.stale-*"))
+
+
+def test_a_bad_source_is_reported_before_a_bad_tokenizer(tmp_path: Path) -> None:
+    # The files are hashed on a thread while the tokenizer loads; the source's error still comes first.
+    cfg = _cfg(tmp_path, DataConfig(source="text", train=str(tmp_path / "missing.txt")),
+               TokenizerConfig(kind="gpt2", path=str(tmp_path / "no-tokenizer")))
+    with pytest.raises(DataError, match=r"data\.train = .*missing\.txt.* does not exist"):
+        prepare_data(cfg, log=lambda _: None)
+    _write_text(tmp_path / "missing.txt", ["a story"])
+    with pytest.raises(DataError, match=r"tokenizer\.path = .*no-tokenizer.* does not exist"):
+        prepare_data(cfg, log=lambda _: None)
 
 
 @pytest.mark.parametrize("stop_at", [1, 2, 6])
