@@ -16,9 +16,9 @@ import weakref
 from collections.abc import Callable, Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from slmtrain.model import GPT, KVCache
+from slmtrain.model import GPT, KVCache, Linear, apply_linear
 
 
 @contextlib.contextmanager
@@ -63,7 +63,7 @@ class _Decoder:
     """
 
     def __init__(self, model: GPT, prompt_ids: list[int], use_cache: bool, compiled: bool = False,
-                 threads: int | None = 1) -> None:
+                 threads: int | None = 1, weights: str = "fp32") -> None:
         seq_len, vocab = model.cfg.seq_len, model.cfg.vocab_size
         if not prompt_ids:
             raise ValueError("the prompt is empty: give at least one token id (e.g. the EOS id as a start token)")
@@ -72,18 +72,22 @@ class _Decoder:
             raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1 (None: torch's setting), got {threads}")
+        if weights not in ("fp32", "int8"):
+            raise ValueError(f"weights must be 'fp32' (exact) or 'int8' (weight-only quantized), got {weights!r}")
         self.model = model
         self.device = model.wte.weight.device
         self.threads = threads if self.device.type == "cpu" else None
         self.ids = list(prompt_ids[-seq_len:])
         # Zeroing the cache is split across threads like any large op: one split costs milliseconds when
         # the machine is busy.
+        int8 = weights == "int8" and use_cache
         with _cpu_threads(self.threads):
-            self.cache = model.new_cache(1) if use_cache else None
+            # int8 decoding keeps keys and values in bf16: half the bytes each step reads.
+            self.cache = model.new_cache(1, dtype=torch.bfloat16 if int8 else None) if use_cache else None
         self.pending = list(self.ids)  # tokens the cache has not seen yet
         self.token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self.pos = torch.zeros((), dtype=torch.long, device=self.device)
-        self.logits_step, self.greedy_step = _steps(model, compiled)
+        self.logits_step, self.greedy_step = _steps(model, compiled, _int8_weights(model) if int8 else None)
         # FSDP2 gathers sharded weights in forward hooks only: a sharded model decodes through forward.
         self.fixed = not any(type(m).__name__.startswith("FSDP") for m in model.modules())
 
@@ -130,39 +134,98 @@ class _Decoder:
         self.pending.append(token)
 
 
-def _logits_step(model: GPT, token: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
+def _logits_step(model: GPT, linear: Linear, token: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
     """fp32 logits (vocab_size,) after `token` at `pos`; advances `pos`."""
-    logits = model.decode_step(token, pos, cache)
+    logits = model.decode_step(token, pos, cache, linear)
     pos.add_(1)
     return logits[0].float()
 
 
-def _greedy_step(model: GPT, token: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
+def _greedy_step(model: GPT, linear: Linear, token: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
     """The argmax token (1,) after `token` at `pos`; advances `pos`."""
-    logits = model.decode_step(token, pos, cache)
+    logits = model.decode_step(token, pos, cache, linear)
     pos.add_(1)
     return logits[0].argmax(-1, keepdim=True)
 
 
+class _Int8Linear:
+    """Per-output-channel symmetric int8 copies of a model's Linear weights and output head, applied with
+    bf16 activations by `torch.ops.aten._weight_int8pack_mm` (a `Linear` for `GPT.decode_step`).
+
+    Each row w of a weight is stored as round(w / s) in [-127, 127] with s = max|w| / 127 (in bf16); biases
+    stay the model's fp32 ones, read from the modules. The model is not touched. `stale` tells whether the model's parameters were
+    replaced or changed in place (an optimizer step, a load) since the copy was made.
+    """
+
+    def __init__(self, model: GPT) -> None:
+        self.versions = _versions(model)
+        head = model.wte if model.cfg.tie_embeddings else model.lm_head
+        modules = [m for m in model.modules() if isinstance(m, nn.Linear)] + [head]
+        # A module finds its weights' index in a dict and the weights in a list: compiled, the index is a
+        # constant and a step fetches each tensor by list index (a dict keyed by modules is walked per fetch).
+        self.index = {m: i for i, m in enumerate(modules)}
+        self.weights: list[tuple[Tensor, Tensor]] = []
+        with torch.no_grad():
+            for module in modules:
+                w = module.weight.detach().float()
+                scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127
+                w8 = (w / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)
+                self.weights.append((w8, scale.to(torch.bfloat16)))
+
+    def stale(self, model: GPT) -> bool:
+        return _versions(model) != self.versions
+
+    def __call__(self, x: Tensor, module: nn.Module) -> Tensor:
+        w8, scale = self.weights[self.index[module]]
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), w8, scale)
+        y = y.view(*x.shape[:-1], -1).to(x.dtype)
+        bias = getattr(module, "bias", None)
+        return y if bias is None else y + bias
+
+
+def _versions(model: GPT) -> list[tuple[int, int]]:
+    """The identity and in-place version counter of every parameter."""
+    return [(id(p), p._version) for p in model.parameters()]
+
+
+_INT8: weakref.WeakKeyDictionary[GPT, _Int8Linear] = weakref.WeakKeyDictionary()
+
+
+def _int8_weights(model: GPT) -> _Int8Linear:
+    """The int8 copy of `model`'s weights, made on first use and again when the weights have changed."""
+    weights = _INT8.get(model)
+    if weights is None or weights.stale(model):
+        weights = _INT8[model] = _Int8Linear(model)
+    return weights
+
+
 Step = Callable[[Tensor, Tensor, KVCache], Tensor]
-_COMPILED: weakref.WeakKeyDictionary[GPT, tuple[Step, Step]] = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[GPT, dict[object, tuple[Step, Step]]] = weakref.WeakKeyDictionary()
 
 
-def _steps(model: GPT, compiled: bool) -> tuple[Step, Step]:
-    """The logits and greedy decode steps of `model`, through torch.compile when asked: each is compiled
-    on its first call, once per model (its shapes never change).
+def _steps(model: GPT, compiled: bool, int8: _Int8Linear | None = None) -> tuple[Step, Step]:
+    """The logits and greedy decode steps of `model` (with `int8`'s weights when given), through
+    torch.compile when asked: each is compiled on its first call, once per model and weights (its shapes
+    never change).
 
     Compiled with inductor's C++ wrapper: a step is some forty small kernel calls, and launching them
     from C++ instead of Python made a 3M-parameter step 17-37 % faster on CPU, for the same compile time.
     """
-    logits_step, greedy_step = functools.partial(_logits_step, model), functools.partial(_greedy_step, model)
+    linear: Linear = apply_linear if int8 is None else int8
+    logits_step = functools.partial(_logits_step, model, linear)
+    greedy_step = functools.partial(_greedy_step, model, linear)
     if not compiled:
         return logits_step, greedy_step
-    if model not in _COMPILED:
+    steps = _COMPILED.setdefault(model, {})
+    key = "fp32" if int8 is None else int8
+    if key not in steps:
+        if int8 is not None:  # a stale int8 copy's compiled steps go with it
+            for old in [k for k in steps if k != "fp32"]:
+                del steps[old]
         options = {"cpp_wrapper": True}
-        _COMPILED[model] = (torch.compile(logits_step, dynamic=False, fullgraph=True, options=options),
-                            torch.compile(greedy_step, dynamic=False, fullgraph=True, options=options))
-    return _COMPILED[model]
+        steps[key] = (torch.compile(logits_step, dynamic=False, fullgraph=True, options=options),
+                      torch.compile(greedy_step, dynamic=False, fullgraph=True, options=options))
+    return steps[key]
 
 
 def _filter(logits: Tensor, top_k: int, top_p: float) -> Tensor:
@@ -182,7 +245,7 @@ def _filter(logits: Tensor, top_k: int, top_p: float) -> Tensor:
 def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
              generator: torch.Generator | None = None, use_cache: bool = True,
-             compiled: bool = False, threads: int | None = 1) -> Iterator[int]:
+             compiled: bool = False, threads: int | None = 1, weights: str = "fp32") -> Iterator[int]:
     """Stream new token ids one at a time after `prompt_ids`.
 
     Greedy (argmax) when temperature is 0, otherwise sampling from softmax(logits / temperature)
@@ -212,10 +275,17 @@ def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, *, temperat
             between tokens (None: leave torch's setting). One by default: a small model's per-token matmuls
             gain little from a second thread, and on a busy machine every split op waits for a thread the OS
             has descheduled (on a shared 2-core CPU, 2 threads made decoding 10-70x slower under load).
+        weights: "fp32" (exact, the default) or "int8": with the cache, each single-token step uses per-output-
+            channel int8 copies of every Linear weight and the head (made once per model, again after the
+            weights change; the model is untouched) with bf16 activations, and keys and values are kept in
+            bf16. Approximate: on the quickstart checkpoint (llama, 4 x 192) 97.6 % of 1,200 teacher-forced
+            greedy tokens matched fp32's; free-running, streams part where a near-tie flips. Compiled, it
+            decoded a 3M-parameter model 1.3-1.5x faster than the compiled fp32 step on CPU.
 
     Raises:
         ValueError: a negative max_new_tokens or top_k, a negative or non-finite temperature, top_p
-            outside (0, 1], threads < 1, an empty prompt or token ids outside the vocabulary.
+            outside (0, 1], threads < 1, weights not "fp32" or "int8", an empty prompt or token ids outside
+            the vocabulary.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -225,7 +295,7 @@ def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, *, temperat
         raise ValueError(f"top_k must be >= 0 (0: off), got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] (1: off), got {top_p}")
-    decoder = _Decoder(model, prompt_ids, use_cache, compiled, threads)
+    decoder = _Decoder(model, prompt_ids, use_cache, compiled, threads, weights)
     return _stream(decoder, max_new_tokens, temperature, top_k, top_p, eos_id, generator)
 
 

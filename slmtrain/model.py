@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,14 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
 
 
+Linear = Callable[[Tensor, nn.Module], Tensor]
+
+
+def apply_linear(x: Tensor, module: nn.Module) -> Tensor:
+    """`module` as a linear map of x: a Linear's own forward, or a tied head's Embedding weight as one."""
+    return module(x) if isinstance(module, nn.Linear) else F.linear(x, module.weight)
+
+
 def _fp32_attention(q: Tensor) -> bool:
     """Whether attention should compute in fp32: CPU's bf16 attention backward runs 2-3x slower than its fp32
     one (16 x 4 x 256 x 32: 18 vs 9 ms), which costs a bf16 training step more than its matmuls win."""
@@ -108,10 +117,11 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
 
-    def _qkv(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _qkv(self, x: Tensor, rope: tuple[Tensor, Tensor] | None,
+             linear: Linear = apply_linear) -> tuple[Tensor, Tensor, Tensor]:
         """Queries, keys, values (B, n_head, T, head_dim), normed and rotated."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = linear(x, self.c_attn).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
         if self.q_norm is not None:
             # In fp32: under autocast q and k are bf16 while the gains are fp32, a mix the fused kernel refuses.
@@ -121,17 +131,28 @@ class CausalSelfAttention(nn.Module):
         return q, k, v
 
     def decode(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache, layer: int, at: Tensor,
-               visible: Tensor) -> Tensor:
+               visible: Tensor, linear: Linear = apply_linear) -> Tensor:
         """One new position `at` (a 1-element long tensor) per sequence, attending over the whole
-        preallocated cache; `visible` (1, seq_len) adds -inf at the positions not written yet. Every shape
-        is fixed, so a compiled decode step is compiled once."""
+        preallocated cache; `visible` (seq_len,) adds -inf at the positions not written yet. Every shape
+        is fixed, so a compiled decode step is compiled once.
+
+        Compiled, the single query's attention is written out as products and sums, which inductor fuses
+        into one loop over the cache with the softmax (and the cast of a bf16 cache); SDPA's CPU kernel
+        costs allocations, copies and two tiny matrix products per layer. Eager, SDPA is the one op.
+        """
         B, T, C = x.shape
-        q, k, v = self._qkv(x, rope)
+        q, k, v = self._qkv(x, rope, linear)
         keys, values = cache.k[layer], cache.v[layer]
         keys.index_copy_(2, at, k.to(keys.dtype))
         values.index_copy_(2, at, v.to(values.dtype))
-        y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=visible.to(q.dtype))
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+        if torch.compiler.is_compiling():
+            scores = (q * keys.to(q.dtype)).sum(-1, keepdim=True) * self.head_dim ** -0.5  # (B, nh, seq_len, 1)
+            weights = (scores + visible.view(-1, 1)).softmax(dim=2)
+            y = (weights * values.to(q.dtype)).sum(2, keepdim=True)  # (B, nh, 1, hd)
+        else:
+            y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype),
+                                               attn_mask=visible.to(q.dtype).view(1, -1))
+        return linear(y.transpose(1, 2).reshape(B, T, C), self.c_proj)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
         B, T, C = x.shape
@@ -178,9 +199,9 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.drop(self.project(x))
 
-    def project(self, x: Tensor) -> Tensor:
+    def project(self, x: Tensor, linear: Linear = apply_linear) -> Tensor:
         """The MLP without its output dropout, for decode steps (which never drop)."""
-        h = self.c_fc(x)
+        h = linear(x, self.c_fc)
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
             h = (F.relu(gate).square() if self.relu2 else F.silu(gate)) * up
@@ -188,7 +209,7 @@ class MLP(nn.Module):
             h = F.relu(h).square()
         else:
             h = F.gelu(h, approximate="tanh")  # GPT-2's GELU, so exported weights behave the same
-        return self.c_proj(h)
+        return linear(h, self.c_proj)
 
 
 def _norm(cfg: ModelConfig) -> nn.Module:
@@ -210,9 +231,9 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
     def decode(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache, layer: int, at: Tensor,
-               visible: Tensor) -> Tensor:
-        x = x + self.attn.decode(self.ln_1(x), rope, cache, layer, at, visible)
-        return x + self.mlp.project(self.ln_2(x))
+               visible: Tensor, linear: Linear = apply_linear) -> Tensor:
+        x = x + self.attn.decode(self.ln_1(x), rope, cache, layer, at, visible, linear)
+        return x + self.mlp.project(self.ln_2(x), linear)
 
 
 class GPT(nn.Module):
@@ -328,11 +349,12 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=-1)
         return logits, loss
 
-    def decode_step(self, token: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
+    def decode_step(self, token: Tensor, pos: Tensor, cache: KVCache, linear: Linear = apply_linear) -> Tensor:
         """Logits (B, vocab_size) of the position after `token` (B, 1), which sits at position `pos` (a 0-d
         long tensor); writes its keys and values at `pos` of every layer of `cache` and does not touch
         `cache.length` (the caller tracks the position). Fixed shapes throughout, for `torch.compile`. It
         applies no dropout, so it computes the same in training and in eval mode and needs no mode switch.
+        `linear` applies every projection and the output head (default: the modules' own weights).
         """
         at = pos.view(1)
         x = self.wte(token)
@@ -344,10 +366,10 @@ class GPT(nn.Module):
             cos, sin = cache.rope
             rope = cos.index_select(0, at), sin.index_select(0, at)  # (1, head_dim/2) each
         # Additive rather than boolean: SDPA would turn a boolean mask into this in every layer.
-        visible = torch.where(cache.positions <= pos, 0.0, float("-inf")).view(1, -1)
+        visible = torch.where(cache.positions <= pos, 0.0, float("-inf"))
         for layer, block in enumerate(self.h):
-            x = block.decode(x, rope, cache, layer, at, visible)
-        logits = F.linear(self.ln_f(x[:, -1]), self.output_weight)
+            x = block.decode(x, rope, cache, layer, at, visible, linear)
+        logits = linear(self.ln_f(x[:, -1]), self.wte if self.cfg.tie_embeddings else self.lm_head)
         if self.cfg.logit_softcap:
             logits = self.cfg.logit_softcap * torch.tanh(logits / self.cfg.logit_softcap)
         return logits

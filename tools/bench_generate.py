@@ -1,4 +1,5 @@
-"""Greedy generation speed on a ~3M-parameter model (random weights): KV cache eager and compiled, no cache.
+"""Greedy generation speed on a ~3M-parameter model (random weights): KV cache eager and compiled, exact fp32
+and int8 weights (`generate(weights="int8")`), no cache.
 
     python tools/bench_generate.py [--tokens 200] [--repeats 5] [--device cpu] [--threads N] [--no-compile]
 
@@ -25,10 +26,10 @@ from slmtrain.model import GPT
 
 
 def timed(model: GPT, prompt: list[int], n: int, use_cache: bool, compiled: bool = False,
-          threads: int | None = 1) -> float:
+          threads: int | None = 1, weights: str = "fp32") -> float:
     """Tokens/s of one generation of exactly `n` tokens."""
     start = time.perf_counter()
-    out = list(generate(model, prompt, n, use_cache=use_cache, compiled=compiled, threads=threads))
+    out = list(generate(model, prompt, n, use_cache=use_cache, compiled=compiled, threads=threads, weights=weights))
     elapsed = time.perf_counter() - start
     if len(out) != n:
         raise RuntimeError(f"expected {n} tokens, got {len(out)}: lower --tokens")
@@ -79,11 +80,13 @@ def main() -> None:
         paths: dict[str, Callable[[], float]] = {
             "cache": lambda: timed(model, prompt, args.tokens, True, False, threads),
             "compiled": lambda: timed(model, prompt, args.tokens, True, True, threads),
+            "int8": lambda: timed(model, prompt, args.tokens, True, False, threads, "int8"),
+            "int8 comp": lambda: timed(model, prompt, args.tokens, True, True, threads, "int8"),
             "no cache": lambda: timed(model, prompt, args.tokens, False, False, threads),
             "bound": lambda: weights_bound(model, args.tokens, threads),
         }
         if args.no_compile:
-            del paths["compiled"]
+            del paths["compiled"], paths["int8 comp"]
         start = time.perf_counter()
         for run in paths.values():  # warm-up; the compiled step compiles here
             run()
