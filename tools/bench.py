@@ -251,8 +251,10 @@ def profile_section(work: Path, sets: list[str]) -> dict[str, Any]:
     data = _train_data(work)
     out = {}
     for name, (n_layer, n_head, d) in SHAPES.items():
+        fast = CONFIGS["fast paths"][0] + sets
         out[name] = {
             "slmtrain": _profile(lambda: slmtrain_rates(work, name, n_layer, n_head, d, 10, sets)),
+            "slmtrain (fast paths)": _profile(lambda: slmtrain_rates(work, name, n_layer, n_head, d, 10, fast)),
             "reference": _profile(lambda: reference_rates(data, n_layer, n_head, d, 10)),
         }
     return out
