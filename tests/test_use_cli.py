@@ -93,6 +93,19 @@ def test_greedy_generation_equals_the_recorded_reference(run: Path, final: Path,
         assert _generate(capsys, *args)[1] == out
 
 
+def test_int8_weights_generate_the_prompt_and_a_continuation(run: Path, final: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    tok = Tokenizer.from_file(final / "tokenizer.json")
+    args = (str(run), "--prompt", "Once upon a time", "--temperature", "0", "--max-new-tokens", "12")
+    code, exact, err = _generate(capsys, *args)
+    assert code == 0, err
+    code, out, err = _generate(capsys, *args, "--weights", "int8")
+    assert code == 0, err
+    assert out.startswith("Once upon a time") and len(tok.encode(out)) > len(tok.encode("Once upon a time"))
+    assert _generate(capsys, *args, "--weights", "int8")[1] == out  # greedy int8 is deterministic too
+    assert exact.startswith("Once upon a time")
+
+
 def test_seeded_sampling_repeats_and_samples_are_separated(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = (str(run), "--prompt", "The little dog", "--temperature", "1.0", "--top-k", "50", "--top-p", "0.95",
             "--max-new-tokens", "30", "--num-samples", "2")
