@@ -146,6 +146,20 @@ def test_auto_precision_is_recorded_and_a_resume_keeps_the_runs_own(tmp_path: Pa
     assert train_losses(part) == train_losses(ref)
 
 
+def test_a_compiled_bf16_run_stopped_and_resumed_matches_an_uninterrupted_one(tmp_path: Path, cache: Path) -> None:
+    # What the shipped CPU recipes run: compiled, bf16 autocast (chosen here, whatever "auto" picks).
+    rec = str(write_recipe(tmp_path, cache))
+    sets = ["run.compile=true", "run.precision='bf16'", "eval.every_steps=0", "checkpoint.every_steps=3"]
+    args = [a for s in sets for a in ("--set", s)]
+    assert cli.main(["run", rec, "--run-dir", str(tmp_path / "ref"), *args, "--set", "train.max_steps=6"]) == 0
+    part = tmp_path / "part"
+    assert cli.main(["run", rec, "--run-dir", str(part), *args, "--set", "train.max_steps=3"]) == 0
+    assert cli.main(["run", rec, "--run-dir", str(part), "--resume", *args, "--set", "train.max_steps=6"]) == 0
+    assert train_losses(part) == train_losses(tmp_path / "ref")
+    ref_w, part_w = final_weights(tmp_path / "ref"), final_weights(part)
+    assert ref_w.keys() == part_w.keys() and all(torch.equal(ref_w[k], part_w[k]) for k in ref_w)
+
+
 def test_bf16_attention_computes_in_fp32_on_cpu_when_it_will_be_differentiated() -> None:
     seen: list[torch.dtype] = []
 
