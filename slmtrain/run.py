@@ -35,7 +35,7 @@ from slmtrain.optim import build_optimizer, build_scheduler
 from slmtrain.preempt import EXIT_ABORTED, EXIT_PREEMPTED, NoticePoller, PreemptionFlag
 from slmtrain.saving import Saver, restore
 from slmtrain.state import seed_everything
-from slmtrain.train import bits_per_byte, evaluate, perplexity, pick_precision, train_step
+from slmtrain.train import bits_per_byte, cpu_compiler_found, evaluate, perplexity, pick_precision, train_step
 from slmtrain.trainstate import RunContext, TrainState
 
 
@@ -244,7 +244,14 @@ class RunManager:
             t.grad_accum, cfg.data.loader_workers, pin_memory=self.device.type == "cuda", start_step=start_step)
 
     def _wrap(self) -> torch.nn.Module:
-        return torch.compile(self.parallel_model) if self.cfg.run.compile else self.parallel_model
+        if not self.cfg.run.compile:
+            return self.parallel_model
+        if self.device.type == "cpu" and not cpu_compiler_found():
+            # The quickstart compiles; without a compiler it must still run, only slower.
+            self.console.info("run.compile: torch.compile needs a C++ compiler on CPU and none was found (set $CXX "
+                              "or install g++ / clang++); training eager")
+            return self.parallel_model
+        return torch.compile(self.parallel_model)
 
     # ----------------------------------------------------------------------------------------- loop
     def _train(self) -> int:

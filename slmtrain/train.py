@@ -47,6 +47,20 @@ def pick_precision(name: str, device: torch.device) -> str:
     return "fp32"
 
 
+def cpu_compiler_found() -> bool:
+    """Whether torch.compile can build CPU kernels here: inductor compiles them with a C++ compiler ($CXX,
+    else g++, or clang++ on macOS), which a fresh laptop may lack."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch layout: let torch.compile speak for itself
+        return True
+    try:
+        get_cpp_compiler()
+    except Exception:  # InvalidCxxCompiler, or the search failing in another way: no usable compiler
+        return False
+    return True
+
+
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     """Fused AdamW takes the skip decision as a device tensor (`found_inf`), so it needs no host sync."""
     return type(optimizer) is torch.optim.AdamW and bool(optimizer.defaults.get("fused"))

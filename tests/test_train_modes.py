@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -158,6 +159,17 @@ def test_a_compiled_bf16_run_stopped_and_resumed_matches_an_uninterrupted_one(tm
     assert train_losses(part) == train_losses(tmp_path / "ref")
     ref_w, part_w = final_weights(tmp_path / "ref"), final_weights(part)
     assert ref_w.keys() == part_w.keys() and all(torch.equal(ref_w[k], part_w[k]) for k in ref_w)
+
+
+def test_compile_without_a_cpu_compiler_trains_eager_and_says_so(tmp_path: Path, cache: Path) -> None:
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-c++")}
+    proc = subprocess.run(slmtrain_cmd("run", str(write_recipe(tmp_path, cache)), "--run-dir", str(tmp_path / "run"),
+                                       "--set", "run.compile=true", "--set", "train.max_steps=2",
+                                       "--set", "eval.every_steps=0"),
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "none was found" in proc.stdout + proc.stderr and "training eager" in proc.stdout + proc.stderr
+    assert len(train_losses(tmp_path / "run")) == 2
 
 
 def test_bf16_attention_computes_in_fp32_on_cpu_when_it_will_be_differentiated() -> None:
