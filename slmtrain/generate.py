@@ -153,14 +153,13 @@ class _Int8Linear:
     bf16 activations by `torch.ops.aten._weight_int8pack_mm` (a `Linear` for `GPT.decode_step`).
 
     Each row w of a weight is stored as round(w / s) in [-127, 127] with s = max|w| / 127 (in bf16); biases
-    stay the model's fp32 ones, read from the modules. The model is not touched. `stale` tells whether the model's parameters were
-    replaced or changed in place (an optimizer step, a load) since the copy was made.
+    stay the model's fp32 ones, read from the modules. The model is not touched. `stale` tells whether the
+    model's parameters were replaced or changed in place (an optimizer step, a load) since the copy was made.
     """
 
     def __init__(self, model: GPT) -> None:
         self.versions = _versions(model)
-        head = model.wte if model.cfg.tie_embeddings else model.lm_head
-        modules = [m for m in model.modules() if isinstance(m, nn.Linear)] + [head]
+        modules = [m for m in model.modules() if isinstance(m, nn.Linear)] + [model.head]
         # A module finds its weights' index in a dict and the weights in a list: compiled, the index is a
         # constant and a step fetches each tensor by list index (a dict keyed by modules is walked per fetch).
         self.index = {m: i for i, m in enumerate(modules)}

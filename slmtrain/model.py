@@ -269,7 +269,12 @@ class GPT(nn.Module):
     @property
     def output_weight(self) -> Tensor:
         """The (vocab_size, n_embd) matrix that produces the logits: `wte.weight` itself when tied."""
-        return self.wte.weight if self.cfg.tie_embeddings else self.lm_head.weight
+        return self.head.weight
+
+    @property
+    def head(self) -> nn.Module:
+        """The module whose weight produces the logits: `wte` when tied, else `lm_head`."""
+        return self.wte if self.cfg.tie_embeddings else self.lm_head
 
     def reset_parameters(self) -> None:
         """Initialise every weight from the global torch RNG (deterministic under `torch.manual_seed`).
@@ -369,7 +374,7 @@ class GPT(nn.Module):
         visible = torch.where(cache.positions <= pos, 0.0, float("-inf"))
         for layer, block in enumerate(self.h):
             x = block.decode(x, rope, cache, layer, at, visible, linear)
-        logits = linear(self.ln_f(x[:, -1]), self.wte if self.cfg.tie_embeddings else self.lm_head)
+        logits = linear(self.ln_f(x[:, -1]), self.head)
         if self.cfg.logit_softcap:
             logits = self.cfg.logit_softcap * torch.tanh(logits / self.cfg.logit_softcap)
         return logits

@@ -134,30 +134,34 @@ def test_auto_precision_is_recorded_and_a_resume_keeps_the_runs_own(tmp_path: Pa
     # A run started in the other precision, as on a machine where "auto" picks it, resumed with "auto":
     # it carries on in its own precision, and its numbers are those of an uninterrupted run.
     other = "fp32" if picked == "bf16" else "bf16"
-    ref = tmp_path / "ref"
-    rec = str(write_recipe(tmp_path, cache))
-    base = ["--set", f"run.precision='{other}'", "--set", "eval.every_steps=0", "--set", "checkpoint.every_steps=2"]
-    assert cli.main(["run", rec, "--run-dir", str(ref), *base, "--set", "train.max_steps=4"]) == 0
-    part = tmp_path / "part"
-    assert cli.main(["run", rec, "--run-dir", str(part), *base, "--set", "train.max_steps=2"]) == 0
-    assert cli.main(["run", rec, "--run-dir", str(part), "--resume", "--set", "run.precision='auto'",
-                     "--set", "eval.every_steps=0", "--set", "checkpoint.every_steps=2",
-                     "--set", "train.max_steps=4"]) == 0
+    ref, part = _stopped_and_resumed(tmp_path, cache, [f"run.precision='{other}'"], steps=4,
+                                     resume_sets=["run.precision='auto'"])
     assert config.load(part / "recipe.toml").run.precision == other
     assert train_losses(part) == train_losses(ref)
 
 
+def _stopped_and_resumed(tmp_path: Path, cache: Path, sets: list[str], steps: int,
+                         resume_sets: list[str] | None = None) -> tuple[Path, Path]:
+    """(an uninterrupted run of `steps`, one stopped at steps/2 and resumed with `resume_sets` in place of `sets`)."""
+    rec = str(write_recipe(tmp_path, cache))
+    common = ["eval.every_steps=0", f"checkpoint.every_steps={steps // 2}"]
+
+    def run(run_dir: Path, extra: list[str], n: int, *flags: str) -> None:
+        args = [a for s in common + extra + [f"train.max_steps={n}"] for a in ("--set", s)]
+        assert cli.main(["run", rec, "--run-dir", str(run_dir), *flags, *args]) == 0
+
+    ref, part = tmp_path / "ref", tmp_path / "part"
+    run(ref, sets, steps)
+    run(part, sets, steps // 2)
+    run(part, sets if resume_sets is None else resume_sets, steps, "--resume")
+    return ref, part
+
+
 def test_a_compiled_bf16_run_stopped_and_resumed_matches_an_uninterrupted_one(tmp_path: Path, cache: Path) -> None:
     # What the shipped CPU recipes run: compiled, bf16 autocast (chosen here, whatever "auto" picks).
-    rec = str(write_recipe(tmp_path, cache))
-    sets = ["run.compile=true", "run.precision='bf16'", "eval.every_steps=0", "checkpoint.every_steps=3"]
-    args = [a for s in sets for a in ("--set", s)]
-    assert cli.main(["run", rec, "--run-dir", str(tmp_path / "ref"), *args, "--set", "train.max_steps=6"]) == 0
-    part = tmp_path / "part"
-    assert cli.main(["run", rec, "--run-dir", str(part), *args, "--set", "train.max_steps=3"]) == 0
-    assert cli.main(["run", rec, "--run-dir", str(part), "--resume", *args, "--set", "train.max_steps=6"]) == 0
-    assert train_losses(part) == train_losses(tmp_path / "ref")
-    ref_w, part_w = final_weights(tmp_path / "ref"), final_weights(part)
+    ref, part = _stopped_and_resumed(tmp_path, cache, ["run.compile=true", "run.precision='bf16'"], steps=6)
+    assert train_losses(part) == train_losses(ref)
+    ref_w, part_w = final_weights(ref), final_weights(part)
     assert ref_w.keys() == part_w.keys() and all(torch.equal(ref_w[k], part_w[k]) for k in ref_w)
 
 
