@@ -10,14 +10,14 @@ than `seq_len` is cropped to its last `seq_len` tokens.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
+from slmtrain import decodegraph
 from slmtrain.model import GPT, KVCache, Linear, apply_linear
 
 
@@ -57,7 +57,9 @@ class _Decoder:
     The prompt (and anything fed more than one token at a time) goes through the model's forward; after
     it each single token goes through the fixed-shape decode step, whose token and position tensors are
     reused (the step advances the position in place): a token costs no mask, tensor creation or mode
-    switch in Python, and greedy decoding takes its argmax inside the step. Without a cache the whole
+    switch in Python. Compiled, each step is a `decodegraph` graph, and greedy decoding takes a block of
+    tokens per call (kept in `ahead`; the stream's pushes of the ones the block fed are not fed again), with
+    single eager steps where a block no longer fits in the cache. Without a cache the whole
     sequence is fed every step, cropped to its last seq_len tokens, so it never fills up (and positions
     slide: the model sees a window, not the true start of the text).
     """
@@ -87,22 +89,34 @@ class _Decoder:
         self.pending = list(self.ids)  # tokens the cache has not seen yet
         self.token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self.pos = torch.zeros((), dtype=torch.long, device=self.device)
-        self.logits_step, self.greedy_step = _steps(model, compiled, _int8_weights(model) if int8 else None)
+        self.int8 = _int8_weights(model) if int8 else None
         # FSDP2 gathers sharded weights in forward hooks only: a sharded model decodes through forward.
         self.fixed = not any(type(m).__name__.startswith("FSDP") for m in model.modules())
+        self.compiled = compiled and use_cache and self.fixed
+        # The compiled steps, made at their first use (compiling takes seconds), bound to today's weights.
+        self.logits_graph: decodegraph.Step | None = None
+        self.greedy_graph: decodegraph.Step | None = None
+        self.ahead: list[int] = []  # greedy tokens a compiled block picked that the caller has not taken yet
+        self.fed = 0  # how many of the next pushed tokens the cache holds already (a block fed them)
 
     @property
     def full(self) -> bool:
         """True when the cache has no room left for the pending tokens."""
         return self.cache is not None and self.cache.length + len(self.pending) > self.model.cfg.seq_len
 
-    def _step_cache(self) -> KVCache | None:
-        """The cache when the pending token goes through the decode step (it is moved into `token`), else None."""
+    @property
+    def _linear(self) -> Linear:
+        return apply_linear if self.int8 is None else self.int8
+
+    def _step_cache(self, tokens: int = 1) -> KVCache | None:
+        """The cache when the pending token goes through a decode step that feeds `tokens` tokens (it is moved
+        into `token`, and the cache's length advanced by `tokens`), else None."""
         cache = self.cache
-        if not (self.fixed and cache is not None and len(self.pending) == 1 and cache.length > 0):
+        if not (self.fixed and cache is not None and len(self.pending) == 1 and cache.length > 0
+                and cache.length + tokens <= self.model.cfg.seq_len):
             return None
         self.token.fill_(self.pending[0])
-        cache.length += 1
+        cache.length += tokens
         self.pending = []
         return cache
 
@@ -110,14 +124,36 @@ class _Decoder:
         """fp32 logits (vocab_size,) for the token after `ids`."""
         with torch.inference_mode(), _cpu_threads(self.threads):
             cache = self._step_cache()
-            return self._forward() if cache is None else self.logits_step(self.token, self.pos, cache)
+            if cache is None:
+                return self._forward()
+            if self.compiled:
+                if self.logits_graph is None:
+                    self.logits_graph = decodegraph.logits_step(self.model, self.int8, cache.k[0].dtype)
+                return self.logits_graph(self.token, self.pos, cache)
+            logits = self.model.decode_step(self.token, self.pos, cache, self._linear)
+            self.pos.add_(1)
+            return logits[0].float()
 
     def next_greedy(self) -> int:
         """The argmax token after `ids`."""
+        if self.ahead:
+            return self.ahead.pop(0)
         with torch.inference_mode(), _cpu_threads(self.threads):
+            cache = self._step_cache(decodegraph.GREEDY_BLOCK) if self.compiled else None
+            if cache is not None:
+                if self.greedy_graph is None:
+                    self.greedy_graph = decodegraph.greedy_block(self.model, self.int8, cache.k[0].dtype)
+                # tolist() is the one host sync per block: the caller needs the ids to yield them or stop at EOS.
+                self.ahead = self.greedy_graph(self.token, self.pos, cache).tolist()
+                self.fed = len(self.ahead) - 1  # the cache holds every picked token but the last
+                return self.ahead.pop(0)
+            # Eager, or a compiled decoder too close to the end of the cache for a block.
             cache = self._step_cache()
-            # int() is the one host sync per token: the caller needs the id to yield it or stop at EOS.
-            return int(self._forward().argmax() if cache is None else self.greedy_step(self.token, self.pos, cache))
+            if cache is None:
+                return int(self._forward().argmax())
+            logits = self.model.decode_step(self.token, self.pos, cache, self._linear)
+            self.pos.add_(1)
+            return int(logits[0].argmax())
 
     def _forward(self) -> Tensor:
         feed = self.pending if self.cache is not None else self.ids[-self.model.cfg.seq_len:]
@@ -131,21 +167,10 @@ class _Decoder:
 
     def push(self, token: int) -> None:
         self.ids.append(token)
-        self.pending.append(token)
-
-
-def _logits_step(model: GPT, linear: Linear, token: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
-    """fp32 logits (vocab_size,) after `token` at `pos`; advances `pos`."""
-    logits = model.decode_step(token, pos, cache, linear)
-    pos.add_(1)
-    return logits[0].float()
-
-
-def _greedy_step(model: GPT, linear: Linear, token: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
-    """The argmax token (1,) after `token` at `pos`; advances `pos`."""
-    logits = model.decode_step(token, pos, cache, linear)
-    pos.add_(1)
-    return logits[0].argmax(-1, keepdim=True)
+        if self.fed:
+            self.fed -= 1
+        else:
+            self.pending.append(token)
 
 
 class _Int8Linear:
@@ -160,22 +185,23 @@ class _Int8Linear:
     def __init__(self, model: GPT) -> None:
         self.versions = _versions(model)
         modules = [m for m in model.modules() if isinstance(m, nn.Linear)] + [model.head]
-        # A module finds its weights' index in a dict and the weights in a list: compiled, the index is a
-        # constant and a step fetches each tensor by list index (a dict keyed by modules is walked per fetch).
-        self.index = {m: i for i, m in enumerate(modules)}
-        self.weights: list[tuple[Tensor, Tensor]] = []
+        # A module finds its weights' index in a dict and the weights in a flat list ([w8, scale] per module),
+        # which a compiled graph takes as its inputs (`decodegraph.Weights`).
+        self.index = {m: 2 * i for i, m in enumerate(modules)}
+        self.tensors: list[Tensor] = []
         with torch.no_grad():
             for module in modules:
                 w = module.weight.detach().float()
                 scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127
                 w8 = (w / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)
-                self.weights.append((w8, scale.to(torch.bfloat16)))
+                self.tensors += [w8, scale.to(torch.bfloat16)]
 
     def stale(self, model: GPT) -> bool:
         return _versions(model) != self.versions
 
     def __call__(self, x: Tensor, module: nn.Module) -> Tensor:
-        w8, scale = self.weights[self.index[module]]
+        i = self.index[module]
+        w8, scale = self.tensors[i], self.tensors[i + 1]
         y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), w8, scale)
         y = y.view(*x.shape[:-1], -1).to(x.dtype)
         bias = getattr(module, "bias", None)
@@ -196,35 +222,6 @@ def _int8_weights(model: GPT) -> _Int8Linear:
     if weights is None or weights.stale(model):
         weights = _INT8[model] = _Int8Linear(model)
     return weights
-
-
-Step = Callable[[Tensor, Tensor, KVCache], Tensor]
-_COMPILED: weakref.WeakKeyDictionary[GPT, dict[object, tuple[Step, Step]]] = weakref.WeakKeyDictionary()
-
-
-def _steps(model: GPT, compiled: bool, int8: _Int8Linear | None = None) -> tuple[Step, Step]:
-    """The logits and greedy decode steps of `model` (with `int8`'s weights when given), through
-    torch.compile when asked: each is compiled on its first call, once per model and weights (its shapes
-    never change).
-
-    Compiled with inductor's C++ wrapper: a step is some forty small kernel calls, and launching them
-    from C++ instead of Python made a 3M-parameter step 17-37 % faster on CPU, for the same compile time.
-    """
-    linear: Linear = apply_linear if int8 is None else int8
-    logits_step = functools.partial(_logits_step, model, linear)
-    greedy_step = functools.partial(_greedy_step, model, linear)
-    if not compiled:
-        return logits_step, greedy_step
-    steps = _COMPILED.setdefault(model, {})
-    key = "fp32" if int8 is None else int8
-    if key not in steps:
-        if int8 is not None:  # a stale int8 copy's compiled steps go with it
-            for old in [k for k in steps if k != "fp32"]:
-                del steps[old]
-        options = {"cpp_wrapper": True}
-        steps[key] = (torch.compile(logits_step, dynamic=False, fullgraph=True, options=options),
-                      torch.compile(greedy_step, dynamic=False, fullgraph=True, options=options))
-    return steps[key]
 
 
 def _filter(logits: Tensor, top_k: int, top_p: float) -> Tensor:
@@ -268,8 +265,10 @@ def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, *, temperat
         eos_id: stop when this token is produced (it is not yielded).
         generator: RNG for sampling; on another device than the model, sampling happens there.
         use_cache: decode with a KV cache (the fast path).
-        compiled: with the cache, run each single-token step through `torch.compile` (compiled on the first
-            call for this model, which takes seconds; pays off for long or many generations).
+        compiled: with the cache, decode through inductor-compiled graphs of the step (`slmtrain.decodegraph`),
+            greedy `decodegraph.GREEDY_BLOCK` tokens per call. Compiled at the first token for this model and
+            kind of step: ~20-50 s on a 2-core CPU the first time, a few seconds once inductor's disk cache holds
+            the shapes. Pays off for long or many generations.
         threads: torch's intra-op thread count on CPU while a token is computed, the caller's count put back
             between tokens (None: leave torch's setting). One by default: a small model's per-token matmuls
             gain little from a second thread, and on a busy machine every split op waits for a thread the OS
@@ -279,7 +278,7 @@ def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, *, temperat
             weights change; the model is untouched) with bf16 activations, and keys and values are kept in
             bf16. Approximate: on the quickstart checkpoint (llama, 4 x 192) 97.6 % of 1,200 teacher-forced
             greedy tokens matched fp32's; free-running, streams part where a near-tie flips. Compiled, it
-            decoded a 3M-parameter model 1.3-1.5x faster than the compiled fp32 step on CPU.
+            decoded a 3M-parameter model ~1.6x faster than the compiled fp32 step on CPU.
 
     Raises:
         ValueError: a negative max_new_tokens or top_k, a negative or non-finite temperature, top_p

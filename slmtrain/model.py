@@ -131,21 +131,22 @@ class CausalSelfAttention(nn.Module):
         return q, k, v
 
     def decode(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache, layer: int, at: Tensor,
-               visible: Tensor, linear: Linear = apply_linear) -> Tensor:
+               visible: Tensor, linear: Linear = apply_linear, fused: bool = False) -> Tensor:
         """One new position `at` (a 1-element long tensor) per sequence, attending over the whole
         preallocated cache; `visible` (seq_len,) adds -inf at the positions not written yet. Every shape
         is fixed, so a compiled decode step is compiled once.
 
-        Compiled, the single query's attention is written out as products and sums, which inductor fuses
-        into one loop over the cache with the softmax (and the cast of a bf16 cache); SDPA's CPU kernel
-        costs allocations, copies and two tiny matrix products per layer. Eager, SDPA is the one op.
+        `fused` (for a step that will be compiled) writes the single query's attention out as products and
+        sums, which inductor fuses into one loop over the cache with the softmax (and the cast of a bf16
+        cache); SDPA's CPU kernel costs allocations, copies and two tiny matrix products per layer. Eager,
+        SDPA is the one op.
         """
         B, T, C = x.shape
         q, k, v = self._qkv(x, rope, linear)
         keys, values = cache.k[layer], cache.v[layer]
         keys.index_copy_(2, at, k.to(keys.dtype))
         values.index_copy_(2, at, v.to(values.dtype))
-        if torch.compiler.is_compiling():
+        if fused:
             scores = (q * keys.to(q.dtype)).sum(-1, keepdim=True) * self.head_dim ** -0.5  # (B, nh, seq_len, 1)
             weights = (scores + visible.view(-1, 1)).softmax(dim=2)
             y = (weights * values.to(q.dtype)).sum(2, keepdim=True)  # (B, nh, 1, hd)
@@ -231,8 +232,8 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
     def decode(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache, layer: int, at: Tensor,
-               visible: Tensor, linear: Linear = apply_linear) -> Tensor:
-        x = x + self.attn.decode(self.ln_1(x), rope, cache, layer, at, visible, linear)
+               visible: Tensor, linear: Linear = apply_linear, fused: bool = False) -> Tensor:
+        x = x + self.attn.decode(self.ln_1(x), rope, cache, layer, at, visible, linear, fused)
         return x + self.mlp.project(self.ln_2(x), linear)
 
 
@@ -354,12 +355,14 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=-1)
         return logits, loss
 
-    def decode_step(self, token: Tensor, pos: Tensor, cache: KVCache, linear: Linear = apply_linear) -> Tensor:
+    def decode_step(self, token: Tensor, pos: Tensor, cache: KVCache, linear: Linear = apply_linear,
+                    fused: bool = False) -> Tensor:
         """Logits (B, vocab_size) of the position after `token` (B, 1), which sits at position `pos` (a 0-d
         long tensor); writes its keys and values at `pos` of every layer of `cache` and does not touch
         `cache.length` (the caller tracks the position). Fixed shapes throughout, for `torch.compile`. It
         applies no dropout, so it computes the same in training and in eval mode and needs no mode switch.
-        `linear` applies every projection and the output head (default: the modules' own weights).
+        `linear` applies every projection and the output head (default: the modules' own weights); `fused`
+        writes attention out for a compiler (`CausalSelfAttention.decode`).
         """
         at = pos.view(1)
         x = self.wte(token)
@@ -373,7 +376,7 @@ class GPT(nn.Module):
         # Additive rather than boolean: SDPA would turn a boolean mask into this in every layer.
         visible = torch.where(cache.positions <= pos, 0.0, float("-inf"))
         for layer, block in enumerate(self.h):
-            x = block.decode(x, rope, cache, layer, at, visible, linear)
+            x = block.decode(x, rope, cache, layer, at, visible, linear, fused)
         logits = linear(self.ln_f(x[:, -1]), self.head)
         if self.cfg.logit_softcap:
             logits = self.cfg.logit_softcap * torch.tanh(logits / self.cfg.logit_softcap)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from slmtrain.config import ModelConfig
+from slmtrain import decodegraph
 from slmtrain.generate import _Decoder, _filter, generate, greedy_with_margins, next_token_logprobs
 from slmtrain.model import GPT
 
@@ -268,3 +269,35 @@ def test_a_compiled_int8_step_gives_the_eager_int8_tokens() -> None:
         list(generate(model, [1, 5, 9], 20, weights="int8"))
     with pytest.raises(ValueError):
         generate(model, [1], 5, weights="bf16")
+
+
+def test_compiled_greedy_blocks_stop_where_single_steps_stop() -> None:
+    # Blocks of GREEDY_BLOCK tokens: a count that is no multiple of it, an EOS inside a block, and the last
+    # positions of the cache, where no block fits and single steps finish.
+    model = model_for("llama")
+    prompt = [5, 17, 3]
+    eager = list(generate(model, prompt, 100))
+    assert len(eager) == SEQ - len(prompt) + 1
+    assert list(generate(model, prompt, 100, compiled=True)) == eager
+    for n in (1, decodegraph.GREEDY_BLOCK - 1, decodegraph.GREEDY_BLOCK + 1, 2 * decodegraph.GREEDY_BLOCK + 3):
+        assert list(generate(model, prompt, n, compiled=True)) == eager[:n]
+    eos = eager[decodegraph.GREEDY_BLOCK + 2]
+    assert list(generate(model, prompt, 100, eos_id=eos, compiled=True)) == eager[:eager.index(eos)]
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+def test_a_compiled_graph_follows_changed_and_replaced_weights_without_compiling_again(weights: str) -> None:
+    model = model_for("gpt2")
+    prompt = [4, 8]
+    first = list(generate(model, prompt, 15, compiled=True, weights=weights))
+    assert first == list(generate(model, prompt, 15, weights=weights))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.0)  # in place, as an optimizer step changes them
+    changed = list(generate(model, prompt, 15, weights=weights))
+    assert changed != first and list(generate(model, prompt, 15, compiled=True, weights=weights)) == changed
+    torch.manual_seed(1)
+    model.load_state_dict({k: torch.randn_like(v) * 0.3 for k, v in model.state_dict().items()}, assign=True)
+    replaced = list(generate(model, prompt, 15, weights=weights))
+    assert replaced != changed and list(generate(model, prompt, 15, compiled=True, weights=weights)) == replaced
+    assert len(decodegraph._GRAPHS[model]) == 1  # one greedy graph, compiled once, fed the tensors of the day
