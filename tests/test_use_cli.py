@@ -106,6 +106,15 @@ def test_int8_weights_generate_the_prompt_and_a_continuation(run: Path, final: P
     assert exact.startswith("Once upon a time")
 
 
+def test_compiled_greedy_generates_the_eager_text(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = (str(run), "--prompt", "Once upon a time", "--temperature", "0", "--max-new-tokens", "20")
+    code, eager, err = _generate(capsys, *args)
+    assert code == 0, err
+    code, compiled, err = _generate(capsys, *args, "--compile")
+    assert code == 0, err
+    assert compiled == eager and len(compiled) > len("Once upon a time\n")
+
+
 def test_seeded_sampling_repeats_and_samples_are_separated(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = (str(run), "--prompt", "The little dog", "--temperature", "1.0", "--top-k", "50", "--top-p", "0.95",
             "--max-new-tokens", "30", "--num-samples", "2")

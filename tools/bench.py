@@ -20,7 +20,8 @@ Prints a table per section and writes every figure to JSON (default runs/bench.j
 - profile: where a step's time goes (torch.profiler, top ops by self CPU time), slmtrain and reference.
 - fastpaths: each fast path on and off, tokens/s side by side.
 - checkpoint / prepare / generate: save stall (sync, async) and latencies, `prepare` MB/s on
-  ../shared/data/tinystories, generation tokens/s with and without the KV cache.
+  ../shared/data/tinystories, generation tokens/s with and without the KV cache (eager, compiled, compiled
+  int8).
 """
 
 from __future__ import annotations
@@ -320,6 +321,9 @@ def generate_section(reps: int) -> dict[str, Any]:
         model = GPT(ModelConfig(flavour=flavour, n_layer=5, n_head=6, n_embd=192, seq_len=256, vocab_size=4096)).eval()
         out[flavour] = {"params": model.num_params(),
                         "cache": bench_generate.tokens_per_s(model, prompt, 200, True, reps),
+                        "compiled": bench_generate.tokens_per_s(model, prompt, 200, True, reps, compiled=True),
+                        "int8_compiled": bench_generate.tokens_per_s(model, prompt, 200, True, reps, compiled=True,
+                                                                     weights="int8"),
                         "no_cache": bench_generate.tokens_per_s(model, prompt, 200, False, reps)}
     return out
 
@@ -395,7 +399,8 @@ def main() -> int:
             results["generate"] = generate_section(args.reps)
             print("\n== generate (greedy, 200 new tokens, best of reps)")
             for k, v in results["generate"].items():
-                print(f"  {k}: {v['cache']:.0f} tokens/s with the KV cache, {v['no_cache']:.0f} without")
+                print(f"  {k}: {v['cache']:.0f} tokens/s with the KV cache (compiled {v['compiled']:.0f}, compiled int8 "
+                      f"{v['int8_compiled']:.0f}), {v['no_cache']:.0f} without")
         if "checkpoint" in only:
             results["checkpoint"] = checkpoint_section(work)
             print("\n== checkpoint\n" + results["checkpoint"]["report"])

@@ -37,10 +37,11 @@ def timed(model: GPT, prompt: list[int], n: int, use_cache: bool, compiled: bool
 
 
 def tokens_per_s(model: GPT, prompt: list[int], n: int, use_cache: bool, repeats: int, compiled: bool = False,
-                 threads: int | None = 1) -> float:
-    """Best of `repeats` timed runs after a warm-up: on a shared machine the best run is the least disturbed."""
-    list(generate(model, prompt, 8, use_cache=use_cache, compiled=compiled, threads=threads))
-    return max(timed(model, prompt, n, use_cache, compiled, threads) for _ in range(repeats))
+                 threads: int | None = 1, weights: str = "fp32") -> float:
+    """Best of `repeats` timed runs after a warm-up (which compiles): on a shared machine the best run is the
+    least disturbed."""
+    list(generate(model, prompt, 8, use_cache=use_cache, compiled=compiled, threads=threads, weights=weights))
+    return max(timed(model, prompt, n, use_cache, compiled, threads, weights) for _ in range(repeats))
 
 
 def weights_bound(model: GPT, n: int, threads: int | None) -> float:
