@@ -136,6 +136,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from slmtrain.dist import pick_device
     from slmtrain.errors import UserError
     from slmtrain.generate import generate
+    from slmtrain.train import cpu_compiler_found
 
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
@@ -145,6 +146,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--weights int8 decodes on CPU only (torch's int8 weight-only kernel), not on {device}: "
                         f"drop --device auto or use --weights fp32")
     model, cfg, tok = load_model(ckpt, device)
+    compiled = args.compile
+    if compiled and device.type == "cpu" and not cpu_compiler_found():
+        _err("--compile: inductor builds CPU kernels with a C++ compiler and none was found (set $CXX or install "
+             "g++); decoding eager")
+        compiled = False
     ids = tok.encode(args.prompt)
     # No prompt: start from the start-of-text token (EOS separates documents, so it also starts one), unprinted.
     feed = ids or [tok.eos_id]
@@ -156,7 +162,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     for i in range(args.num_samples):
         try:
             stream = generate(model, feed, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, eos_id=tok.eos_id, generator=gen, compiled=args.compile,
+                              top_p=args.top_p, eos_id=tok.eos_id, generator=gen, compiled=compiled,
                               weights=args.weights)
         except ValueError as e:
             raise UserError(f"cannot generate: {e}. Fix the option (e.g. --temperature 0 for greedy, --top-p in "

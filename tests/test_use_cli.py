@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -113,6 +114,17 @@ def test_compiled_greedy_generates_the_eager_text(run: Path, capsys: pytest.Capt
     code, compiled, err = _generate(capsys, *args, "--compile")
     assert code == 0, err
     assert compiled == eager and len(compiled) > len("Once upon a time\n")
+    assert "decoding eager" not in err
+
+
+def test_compile_without_a_cpu_compiler_decodes_eager_and_says_so(run: Path, capsys: pytest.CaptureFixture[str],
+                                                                  tmp_path: Path) -> None:
+    args = (str(run), "--prompt", "Once upon a time", "--temperature", "0", "--max-new-tokens", "8")
+    eager = _generate(capsys, *args)[1]
+    # A fresh process: inductor remembers the compiler it found. It takes $CXX as the one to use.
+    proc = run_cli("generate", *args, "--compile", env={**os.environ, "CXX": str(tmp_path / "no-such-c++")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout == eager and "none was found" in proc.stderr and "decoding eager" in proc.stderr
 
 
 def test_seeded_sampling_repeats_and_samples_are_separated(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
