@@ -42,7 +42,7 @@ class Weights(Protocol):
     def __call__(self, x: Tensor, module: nn.Module) -> Tensor: ...
 
 
-# Per model: (graph kind, int8 or not, cache dtype) -> the compiled graph, which takes flat tensors.
+# Per model: (graph kind, int8 or not, cache dtype, device) -> the compiled graph, which takes flat tensors.
 _GRAPHS: weakref.WeakKeyDictionary[GPT, dict[tuple[object, ...], Callable[..., object]]] = \
     weakref.WeakKeyDictionary()
 
@@ -82,10 +82,12 @@ def greedy_block(model: GPT, weights: Weights | None, cache_dtype: torch.dtype) 
 
 
 def _bound(model: GPT, kind: str, weights: Weights | None, cache_dtype: torch.dtype, step: Step) -> Step:
-    """`step` compiled (once per model, kind, weights' kind and cache dtype) and called with the tensors of
-    `model` and `weights` as they are now."""
+    """`step` compiled (once per model, kind, weights' kind, cache dtype and device) and called with the tensors
+    of `model` and `weights` as they are now."""
     graphs = _GRAPHS.setdefault(model, {})
-    slot = (kind, weights is None, cache_dtype)
+    # The device too: `model.to()` keeps the Parameter objects and moves what they hold (a model moved to another
+    # dtype has a cache of that dtype).
+    slot = (kind, weights is None, cache_dtype, model.wte.weight.device)
     if slot not in graphs:
         graphs[slot] = _compile(model, weights, cache_dtype, step)
     graph = graphs[slot]

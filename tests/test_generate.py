@@ -301,3 +301,12 @@ def test_a_compiled_graph_follows_changed_and_replaced_weights_without_compiling
     replaced = list(generate(model, prompt, 15, weights=weights))
     assert replaced != changed and list(generate(model, prompt, 15, compiled=True, weights=weights)) == replaced
     assert len(decodegraph._GRAPHS[model]) == 1  # one greedy graph, compiled once, fed the tensors of the day
+
+
+def test_a_model_moved_to_another_dtype_gets_its_own_compiled_graph() -> None:
+    model = model_for("llama")
+    prompt = [4, 8]
+    assert list(generate(model, prompt, 10, compiled=True)) == list(generate(model, prompt, 10))
+    model.double()  # the same Parameter objects, now holding float64
+    assert list(generate(model, prompt, 10, compiled=True)) == list(generate(model, prompt, 10))
+    assert len(decodegraph._GRAPHS[model]) == 2
