@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -310,3 +312,13 @@ def test_a_model_moved_to_another_dtype_gets_its_own_compiled_graph() -> None:
     model.double()  # the same Parameter objects, now holding float64
     assert list(generate(model, prompt, 10, compiled=True)) == list(generate(model, prompt, 10))
     assert len(decodegraph._GRAPHS[model]) == 2
+
+
+def test_compiled_graphs_do_not_keep_their_model_alive() -> None:
+    model = model_for("llama")
+    list(generate(model, [4, 8], 10, compiled=True))
+    assert len(decodegraph._GRAPHS[model]) == 1
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None  # the graphs take the weights as inputs and hold none of them
