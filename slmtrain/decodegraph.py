@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import torch
@@ -47,18 +47,29 @@ _GRAPHS: weakref.WeakKeyDictionary[GPT, dict[tuple[object, ...], Callable[..., o
     weakref.WeakKeyDictionary()
 
 
+def linear_for(weights: Weights | None) -> Linear:
+    """What applies the projections of a step with `weights` (None: the modules' own weights)."""
+    return apply_linear if weights is None else weights
+
+
+def advance(model: GPT, linear: Linear, token: Tensor, pos: Tensor, cache: KVCache, fused: bool = False) -> Tensor:
+    """Logits (1, vocab_size) of one decode step after `token` at `pos`, which it advances: the step every
+    decoder takes, eager or traced (`fused`, see `GPT.decode_step`)."""
+    logits = model.decode_step(token, pos, cache, linear, fused=fused)
+    pos.add_(1)
+    return logits
+
+
 def logits_step(model: GPT, weights: Weights | None, cache_dtype: torch.dtype) -> Step:
     """The compiled step `(token (1, 1), pos (0-d), cache) -> fp32 logits (vocab_size,)`; advances `pos`.
 
     It applies `weights` when given, else the model's own; it is bound to the tensors they hold now (make
     another after replacing one).
     """
-    linear: Linear = apply_linear if weights is None else weights
+    linear = linear_for(weights)
 
     def step(token: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
-        logits = model.decode_step(token, pos, cache, linear, fused=True)
-        pos.add_(1)
-        return logits[0].float()
+        return advance(model, linear, token, pos, cache, fused=True)[0].float()
     return _bound(model, "logits", weights, cache_dtype, step)
 
 
@@ -68,14 +79,12 @@ def greedy_block(model: GPT, weights: Weights | None, cache_dtype: torch.dtype) 
     It feeds `token` at `pos` and every token it picks but the last at the positions after it, and advances
     `pos` by GREEDY_BLOCK; the cache needs that many free positions from `pos`. Arguments as `logits_step`.
     """
-    linear: Linear = apply_linear if weights is None else weights
+    linear = linear_for(weights)
 
     def block(token: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
         picked = []
         for _ in range(GREEDY_BLOCK):
-            logits = model.decode_step(token, pos, cache, linear, fused=True)
-            pos.add_(1)
-            token = logits.argmax(-1, keepdim=True)  # (1, 1): the next step's input
+            token = advance(model, linear, token, pos, cache, fused=True).argmax(-1, keepdim=True)  # (1, 1)
             picked.append(token)
         return torch.cat(picked).view(-1)
     return _bound(model, f"greedy{GREEDY_BLOCK}", weights, cache_dtype, block)
@@ -94,7 +103,7 @@ def _bound(model: GPT, kind: str, weights: Weights | None, cache_dtype: torch.dt
     held = [*model.parameters(), *(weights.tensors if weights is not None else ())]
 
     def call(token: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
-        return _first(graph(*held, token, pos, *_cache_tensors(cache)))
+        return graph(*held, token, pos, *_cache_tensors(cache))[0]  # `flat` returns a 1-tuple
     return call
 
 
@@ -166,6 +175,3 @@ def _drop_trace_meta(gm: fx.GraphModule) -> None:
         node.meta.pop("val", None)
         node.meta.pop("tensor_meta", None)
 
-
-def _first(out: Tensor | Sequence[Tensor]) -> Tensor:
-    return out if isinstance(out, Tensor) else out[0]

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from slmtrain import decodegraph
-from slmtrain.model import GPT, KVCache, Linear, apply_linear
+from slmtrain.decodegraph import GREEDY_BLOCK, Step, advance, greedy_block, linear_for, logits_step
+from slmtrain.model import GPT, KVCache
 
 
 @contextlib.contextmanager
@@ -57,7 +57,7 @@ class _Decoder:
     The prompt (and anything fed more than one token at a time) goes through the model's forward; after
     it each single token goes through the fixed-shape decode step, whose token and position tensors are
     reused (the step advances the position in place): a token costs no mask, tensor creation or mode
-    switch in Python. Compiled, each step is a `decodegraph` graph, and greedy decoding takes a block of
+    switch in Python. Compiled, each step is a `slmtrain.decodegraph` graph, and greedy decoding takes a block of
     tokens per call (kept in `ahead`; the stream's pushes of the ones the block fed are not fed again), with
     single eager steps where a block no longer fits in the cache. Without a cache the whole
     sequence is fed every step, cropped to its last seq_len tokens, so it never fills up (and positions
@@ -94,8 +94,8 @@ class _Decoder:
         self.fixed = not any(type(m).__name__.startswith("FSDP") for m in model.modules())
         self.compiled = compiled and use_cache and self.fixed
         # The compiled steps, made at their first use (compiling takes seconds), bound to today's weights.
-        self.logits_graph: decodegraph.Step | None = None
-        self.greedy_graph: decodegraph.Step | None = None
+        self.logits_graph: Step | None = None
+        self.greedy_graph: Step | None = None
         self.ahead: list[int] = []  # greedy tokens a compiled block picked that the caller has not taken yet
         self.fed = 0  # how many of the next pushed tokens the cache holds already (a block fed them)
 
@@ -103,10 +103,6 @@ class _Decoder:
     def full(self) -> bool:
         """True when the cache has no room left for the pending tokens."""
         return self.cache is not None and self.cache.length + len(self.pending) > self.model.cfg.seq_len
-
-    @property
-    def _linear(self) -> Linear:
-        return apply_linear if self.int8 is None else self.int8
 
     def _step_cache(self, tokens: int = 1) -> KVCache | None:
         """The cache when the pending token goes through a decode step that feeds `tokens` tokens (it is moved
@@ -128,21 +124,19 @@ class _Decoder:
                 return self._forward()
             if self.compiled:
                 if self.logits_graph is None:
-                    self.logits_graph = decodegraph.logits_step(self.model, self.int8, cache.k[0].dtype)
+                    self.logits_graph = logits_step(self.model, self.int8, cache.k[0].dtype)
                 return self.logits_graph(self.token, self.pos, cache)
-            logits = self.model.decode_step(self.token, self.pos, cache, self._linear)
-            self.pos.add_(1)
-            return logits[0].float()
+            return self._advance(cache)[0].float()
 
     def next_greedy(self) -> int:
         """The argmax token after `ids`."""
         if self.ahead:
             return self.ahead.pop(0)
         with torch.inference_mode(), _cpu_threads(self.threads):
-            cache = self._step_cache(decodegraph.GREEDY_BLOCK) if self.compiled else None
+            cache = self._step_cache(GREEDY_BLOCK) if self.compiled else None
             if cache is not None:
                 if self.greedy_graph is None:
-                    self.greedy_graph = decodegraph.greedy_block(self.model, self.int8, cache.k[0].dtype)
+                    self.greedy_graph = greedy_block(self.model, self.int8, cache.k[0].dtype)
                 # tolist() is the one host sync per block: the caller needs the ids to yield them or stop at EOS.
                 self.ahead = self.greedy_graph(self.token, self.pos, cache).tolist()
                 self.fed = len(self.ahead) - 1  # the cache holds every picked token but the last
@@ -151,9 +145,11 @@ class _Decoder:
             cache = self._step_cache()
             if cache is None:
                 return int(self._forward().argmax())
-            logits = self.model.decode_step(self.token, self.pos, cache, self._linear)
-            self.pos.add_(1)
-            return int(logits[0].argmax())
+            return int(self._advance(cache)[0].argmax())
+
+    def _advance(self, cache: KVCache) -> Tensor:
+        """The eager decode step of the pending token, already moved into `token`."""
+        return advance(self.model, linear_for(self.int8), self.token, self.pos, cache)
 
     def _forward(self) -> Tensor:
         feed = self.pending if self.cache is not None else self.ids[-self.model.cfg.seq_len:]
@@ -186,7 +182,7 @@ class _Int8Linear:
         self.versions = _versions(model)
         modules = [m for m in model.modules() if isinstance(m, nn.Linear)] + [model.head]
         # A module finds its weights' index in a dict and the weights in a flat list ([w8, scale] per module),
-        # which a compiled graph takes as its inputs (`decodegraph.Weights`).
+        # which a compiled graph takes as its inputs (`slmtrain.decodegraph.Weights`).
         self.index = {m: 2 * i for i, m in enumerate(modules)}
         self.tensors: list[Tensor] = []
         with torch.no_grad():
@@ -266,9 +262,9 @@ def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, *, temperat
         generator: RNG for sampling; on another device than the model, sampling happens there.
         use_cache: decode with a KV cache (the fast path).
         compiled: with the cache, decode through inductor-compiled graphs of the step (`slmtrain.decodegraph`),
-            greedy `decodegraph.GREEDY_BLOCK` tokens per call. Compiled at the first token for this model and
-            kind of step: ~20-50 s on a 2-core CPU the first time, a few seconds once inductor's disk cache holds
-            the shapes. Pays off for long or many generations.
+            greedy `GREEDY_BLOCK` tokens per call. Compiled at the first token for this model and kind of step:
+            ~20-50 s on a 2-core CPU the first time, a few seconds once inductor's disk cache holds the shapes.
+            Pays off for long or many generations.
         threads: torch's intra-op thread count on CPU while a token is computed, the caller's count put back
             between tokens (None: leave torch's setting). One by default: a small model's per-token matmuls
             gain little from a second thread, and on a busy machine every split op waits for a thread the OS

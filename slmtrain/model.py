@@ -359,7 +359,7 @@ class GPT(nn.Module):
                     fused: bool = False) -> Tensor:
         """Logits (B, vocab_size) of the position after `token` (B, 1), which sits at position `pos` (a 0-d
         long tensor); writes its keys and values at `pos` of every layer of `cache` and does not touch
-        `cache.length` (the caller tracks the position). Fixed shapes throughout, for `torch.compile`. It
+        `cache.length` (the caller tracks the position). Fixed shapes throughout, for a compiled graph. It
         applies no dropout, so it computes the same in training and in eval mode and needs no mode switch.
         `linear` applies every projection and the output head (default: the modules' own weights); `fused`
         writes attention out for a compiler (`CausalSelfAttention.decode`).
