@@ -35,7 +35,7 @@ from slmtrain.optim import build_optimizer, build_scheduler
 from slmtrain.preempt import EXIT_ABORTED, EXIT_PREEMPTED, NoticePoller, PreemptionFlag
 from slmtrain.saving import Saver, restore
 from slmtrain.state import seed_everything
-from slmtrain.train import bits_per_byte, cpu_compiler_found, evaluate, perplexity, pick_precision, train_step
+from slmtrain.train import bits_per_byte, compiler_missing, evaluate, perplexity, pick_precision, train_step
 from slmtrain.trainstate import RunContext, TrainState
 
 
@@ -246,10 +246,10 @@ class RunManager:
     def _wrap(self) -> torch.nn.Module:
         if not self.cfg.run.compile:
             return self.parallel_model
-        if self.device.type == "cpu" and not cpu_compiler_found():
+        missing = compiler_missing(self.device)
+        if missing:
             # The quickstart compiles; without a compiler it must still run, only slower.
-            self.console.info("run.compile: torch.compile needs a C++ compiler on CPU and none was found (set $CXX "
-                              "or install g++ / clang++); training eager")
+            self.console.info(f"run.compile: {missing}; training eager")
             return self.parallel_model
         return torch.compile(self.parallel_model)
 

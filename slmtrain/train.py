@@ -61,6 +61,13 @@ def cpu_compiler_found() -> bool:
     return True
 
 
+def compiler_missing(device: torch.device) -> str | None:
+    """Why inductor cannot compile for `device` here (no C++ compiler for CPU kernels), or None when it can."""
+    if device.type == "cpu" and not cpu_compiler_found():
+        return "inductor needs a C++ compiler for CPU kernels and none was found (set $CXX or install g++ / clang++)"
+    return None
+
+
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     """Fused AdamW takes the skip decision as a device tensor (`found_inf`), so it needs no host sync."""
     return type(optimizer) is torch.optim.AdamW and bool(optimizer.defaults.get("fused"))

@@ -136,7 +136,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from slmtrain.dist import pick_device
     from slmtrain.errors import UserError
     from slmtrain.generate import generate
-    from slmtrain.train import cpu_compiler_found
+    from slmtrain.train import compiler_missing
 
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
@@ -146,11 +146,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--weights int8 decodes on CPU only (torch's int8 weight-only kernel), not on {device}: "
                         f"drop --device auto or use --weights fp32")
     model, cfg, tok = load_model(ckpt, device)
-    compiled = args.compile
-    if compiled and device.type == "cpu" and not cpu_compiler_found():
-        _err("--compile: inductor builds CPU kernels with a C++ compiler and none was found (set $CXX or install "
-             "g++); decoding eager")
-        compiled = False
+    missing = compiler_missing(device) if args.compile else None
+    if missing:
+        _err(f"--compile: {missing}; decoding eager")
+    compiled = args.compile and not missing
     ids = tok.encode(args.prompt)
     # No prompt: start from the start-of-text token (EOS separates documents, so it also starts one), unprinted.
     feed = ids or [tok.eos_id]
