@@ -39,6 +39,8 @@ class RunConfig:
                         choices=("fp32", "bf16", "fp16", "auto"))
     compile: bool = _f(False, "torch.compile the model.")
     deterministic: bool = _f(True, "Use deterministic kernels (exact resume needs it on GPU).")
+    reuse_host_memory: bool = _f(True, "Keep freed host memory in the process for the next step (glibc's malloc "
+                                 "thresholds) instead of page-faulting every large tensor in again; Linux only.")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from slmtrain.data.stream import build_train_loader, eval_batches
 from slmtrain.errors import CheckpointError, ConfigError, RunLockedError, SlmError, UserError
 from slmtrain.generate import generate
 from slmtrain.health import SpikeDetector
+from slmtrain.hostmem import keep_freed_memory
 from slmtrain.rollback import rollback
 from slmtrain.lock import RunLock
 from slmtrain.log import Console, MetricsWriter, TensorBoard, fmt_count, fmt_duration, read_jsonl
@@ -173,6 +174,8 @@ class RunManager:
             # they never wrote; that costs ~4 % of a CPU step here, and nothing slmtrain runs reads one
             # (the exact-resume and determinism tests would see it).
             torch.utils.deterministic.fill_uninitialized_memory = False
+        if cfg.run.reuse_host_memory:
+            keep_freed_memory()
         # Rank 0 builds the cache; the others wait, then reuse it instead of tokenizing the same data again.
         if info.is_main:
             self.prepared = prepare_data(cfg, stop=self.flag.check, log=self.console.info)

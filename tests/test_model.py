@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from slmtrain.config import ModelConfig
-from slmtrain.model import GPT, apply_rope, rope_angles, swiglu_hidden
+from slmtrain.model import GPT, apply_rope, gelu_tanh, rope_angles, swiglu_hidden
 
 FLAVOURS = ("gpt2", "llama")
 
@@ -232,6 +232,18 @@ def test_a_tiny_model_overfits_one_batch(flavour: str) -> None:
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+def test_the_compiled_gelu_is_gpt2s_tanh_gelu() -> None:
+    # Compiled, the activation is written as x * sigmoid(2u): the same function as the tanh form, value and slope.
+    x = torch.linspace(-12, 12, 24001).requires_grad_()
+    want = torch.nn.functional.gelu(x, approximate="tanh")
+    (want_grad,) = torch.autograd.grad(want.sum(), x)
+    got = torch.compile(gelu_tanh, fullgraph=True)(x)
+    (got_grad,) = torch.autograd.grad(got.sum(), x)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-5)
+    assert torch.equal(gelu_tanh(x), want)  # eager is ATen's own kernel, bit for bit
 
 
 def test_dropout_is_active_in_training_only() -> None:

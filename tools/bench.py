@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,8 +78,9 @@ def ceilings(reps: int) -> dict[str, Any]:
     for dtype in (torch.float32, torch.bfloat16):
         rates = []
         for m, k, n in shapes:
-            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-            rate = 2 * m * k * n / _time(lambda: a @ b, max(3, reps)) / 1e9
+            # Into a preallocated output: a fresh one would time the allocator's page faults, not the matmul.
+            a, b, c = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype), torch.empty(m, n, dtype=dtype)
+            rate = 2 * m * k * n / _time(lambda: torch.mm(a, b, out=c), max(3, reps)) / 1e9
             out["shapes"][f"{m}x{k}x{n} {str(dtype)[6:]}"] = rate
             rates.append(rate)
         out[f"{str(dtype)[6:]}_gflops"] = max(rates)
@@ -141,17 +143,27 @@ progress = false
 """
 
 
+def _slmtrain(args: list[str], in_process: bool = False) -> None:
+    """`slmtrain ARGS` in a process of its own, as a user runs it, so that process-wide settings (the allocator's,
+    run.reuse_host_memory) stay out of this one, where the reference loop runs; or here, for the profiler."""
+    if in_process:
+        code, said = cli.main(args), ""
+    else:
+        proc = subprocess.run([sys.executable, "-m", "slmtrain", *args], cwd=REPO, capture_output=True, text=True)
+        code, said = proc.returncode, proc.stderr[-3000:]
+    if code != 0:
+        raise SystemExit(f"{said}\nslmtrain {' '.join(args)} exited {code}")
+
+
 def slmtrain_rates(work: Path, name: str, n_layer: int, n_head: int, d: int, steps: int,
-                   sets: list[str]) -> dict[str, Any]:
+                   sets: list[str], in_process: bool = False) -> dict[str, Any]:
     """tokens/s per 10-step interval of a real `slmtrain run` (the final eval and save are not in them)."""
     recipe = work / f"{name}.toml"
     recipe.write_text(SHAPE_RECIPE.format(run="", cache=(work / "cache").as_posix(), n_layer=n_layer,
                                           n_head=n_head, d=d, steps=steps))
     run_dir = work / f"run-{name}-{time.monotonic_ns()}"
     args = ["run", str(recipe), "--run-dir", str(run_dir)] + [a for s in sets for a in ("--set", s)]
-    code = cli.main(args)
-    if code != 0:
-        raise SystemExit(f"slmtrain run exited {code}")
+    _slmtrain(args, in_process)
     train = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
     by_step = {r["step"]: r for r in train}
     rates = [by_step[s]["tokens_per_s"] for s in range(2 * INTERVAL, steps + 1, INTERVAL) if s in by_step]
@@ -250,14 +262,11 @@ def _profile(fn, top: int = 8) -> list[tuple[str, float]]:
 
 def profile_section(work: Path, sets: list[str]) -> dict[str, Any]:
     data = _train_data(work)
-    out = {}
-    for name, (n_layer, n_head, d) in SHAPES.items():
-        fast = CONFIGS["fast paths"][0] + sets
-        out[name] = {
-            "slmtrain": _profile(lambda: slmtrain_rates(work, name, n_layer, n_head, d, 10, sets)),
-            "slmtrain (fast paths)": _profile(lambda: slmtrain_rates(work, name, n_layer, n_head, d, 10, fast)),
-            "reference": _profile(lambda: reference_rates(data, n_layer, n_head, d, 10)),
-        }
+    # Every reference first: a slmtrain run in this process leaves its allocator tuned (run.reuse_host_memory).
+    out = {name: {"reference": _profile(lambda: reference_rates(data, *shape, 10))} for name, shape in SHAPES.items()}
+    for name, shape in SHAPES.items():
+        for side, side_sets in (("slmtrain", sets), ("slmtrain (fast paths)", CONFIGS["fast paths"][0] + sets)):
+            out[name][side] = _profile(lambda: slmtrain_rates(work, name, *shape, 10, side_sets, in_process=True))
     return out
 
 
@@ -283,7 +292,7 @@ def recipes_section(work: Path, ceils: dict[str, Any] | None, steps: int) -> dic
         run_dir = work / f"recipe-{recipe}"
         sets = [f"train.max_steps={steps}", "train.max_minutes=0", "eval.every_steps=0", "checkpoint.every_steps=0",
                 "log.every_steps=10", "log.progress=false", "eval.samples=0"]
-        assert cli.main(["run", str(path), "--run-dir", str(run_dir)] + [a for s in sets for a in ("--set", s)]) == 0
+        _slmtrain(["run", str(path), "--run-dir", str(run_dir)] + [a for s in sets for a in ("--set", s)])
         cfg = config.load(run_dir / "recipe.toml")
         train = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train" and r["step"] > INTERVAL]
         rates = [r["tokens_per_s"] for r in train if r["step"] % INTERVAL == 0]
@@ -418,7 +427,30 @@ FASTPATHS: dict[str, tuple[list[str], list[str]]] = {
     "bf16 autocast": (["run.precision='bf16'"], ["run.precision='fp32'"]),
     "bf16 autocast, compiled": (["run.precision='bf16'", "run.compile=true"],
                                 ["run.precision='fp32'", "run.compile=true"]),
+    "reuse host memory": (["run.reuse_host_memory=true"], ["run.reuse_host_memory=false"]),
+    "reuse host memory, compiled": (["run.reuse_host_memory=true", "run.compile=true"],
+                                    ["run.reuse_host_memory=false", "run.compile=true"]),
 }
+
+
+def gelu_forms(reps: int) -> dict[str, Any]:
+    """The compiled MLP activation, forward + backward at the MLP's widths (ms): slmtrain's x sigmoid(2u) form of
+    GPT-2's tanh GELU against F.gelu(approximate="tanh"), both through torch.compile."""
+    import torch.nn.functional as F
+
+    from slmtrain.model import gelu_tanh
+
+    out = {}
+    for width in (512, 1024):
+        x = torch.randn(BATCH * CTX, width, requires_grad=True)
+        g = torch.randn(BATCH * CTX, width)
+        times: dict[str, list[float]] = {"on": [], "off": []}
+        fns = {"on": torch.compile(gelu_tanh), "off": torch.compile(lambda t: F.gelu(t, approximate="tanh"))}
+        for _ in range(max(3, reps)):
+            for side, fn in fns.items():
+                times[side].append(1000 * _time(lambda fn=fn: fn(x).backward(g), 10))
+        out[f"{BATCH * CTX}x{width}"] = {side: _spread(ts) for side, ts in times.items()}
+    return out
 
 
 def fastpaths_section(work: Path, reps: int, steps: int) -> dict[str, Any]:
@@ -430,13 +462,19 @@ def fastpaths_section(work: Path, reps: int, steps: int) -> dict[str, Any]:
             a += slmtrain_rates(work, f"fp-{name}", n_layer, n_head, d, steps, on)["rates"]
             b += slmtrain_rates(work, f"fp-{name}", n_layer, n_head, d, steps, off)["rates"]
         out[name] = {"on": _spread(a), "off": _spread(b), "gain": statistics.median(a) / statistics.median(b)}
+    out["gelu"] = gelu_forms(reps)
     return out
 
 
 def print_fastpaths(f: dict[str, Any]) -> None:
     print("\n== fast paths at 4L4H-d128 (tokens/s, on vs off)")
     for name, r in f.items():
-        print(f"  {name}: on {_fmt(r['on'])} | off {_fmt(r['off'])} | {r['gain']:.2f}x")
+        if name != "gelu":
+            print(f"  {name}: on {_fmt(r['on'])} | off {_fmt(r['off'])} | {r['gain']:.2f}x")
+    for shape, r in f["gelu"].items():
+        gain = r["off"]["median"] / r["on"]["median"]
+        print(f"  compiled GELU as x sigmoid(2u), forward + backward at {shape}: on {_fmt(r['on'], ' ms', digits=2)} | "
+              f"off (tanh) {_fmt(r['off'], ' ms', digits=2)} | {gain:.2f}x")
 
 
 if __name__ == "__main__":
