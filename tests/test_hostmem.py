@@ -5,16 +5,21 @@ from __future__ import annotations
 import ctypes
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-GLIBC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+from helpers import write_recipe
 
-# Faults while a 64 MiB tensor (16,384 pages, past glibc's largest mmap threshold) is made and freed ten times.
-FAULTS = """
-import resource, sys, torch
-from slmtrain.hostmem import keep_freed_memory
-tuned = keep_freed_memory() if sys.argv[1] == "on" else False
+GLIBC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+pytestmark = pytest.mark.skipif(not GLIBC, reason="the setting is glibc's (Linux); elsewhere it is a no-op")
+
+# After SETUP, the page faults and the growth of the resident size while a 64 MiB tensor (16,384 pages, past
+# glibc's largest mmap threshold) is made and freed ten times.
+PROBE = """
+import resource, sys
+import torch
+{setup}
 def resident():
     return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
 x = torch.randn(4096, 4096)
@@ -23,21 +28,31 @@ for _ in range(8):  # the heap settles: a few aligned blocks before freed ones f
 before, size = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, resident()
 for _ in range(10):
     x.exp()
-print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, resident() - size)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, resident() - size)
 """
+PLAIN_FAULTS = 10 * 16384 // 2  # the default allocator maps and faults in every one again
 
 
-def _faults(mode: str) -> tuple[str, int, int]:
-    out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True).stdout
-    tuned, faults, grown = out.split()
-    return tuned, int(faults), int(grown)
+def _probe(setup: str) -> tuple[int, int]:
+    code = PROBE.format(setup=setup)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    faults, grown = out.split()[-2:]
+    return int(faults), int(grown)
 
 
-@pytest.mark.skipif(not GLIBC, reason="the setting is glibc's (Linux); elsewhere keep_freed_memory is a no-op")
-def test_freed_tensors_are_reused_without_page_faults() -> None:
-    tuned, faults, grown = _faults("on")
-    assert tuned == "True"
+def test_kept_memory_is_reused_without_page_faults_or_growth() -> None:
+    faults, grown = _probe("from slmtrain.hostmem import keep_freed_memory\nassert keep_freed_memory()")
     assert faults < 1000, faults
-    assert grown < 64 * 2**20, grown  # kept memory is reused: the process does not grow step after step
-    untuned, plain, _ = _faults("off")  # the default allocator maps and faults in each one again
-    assert untuned == "False" and plain > 10 * 16384 // 2, plain
+    assert grown < 64 * 2**20, grown  # reused: the process does not grow step after step
+    plain, _ = _probe("")
+    assert plain > PLAIN_FAULTS, plain
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_a_training_run_sets_it_unless_told_not_to(tmp_path: Path, cache: Path, reuse: bool) -> None:
+    recipe = write_recipe(tmp_path, cache)
+    setup = (f"from slmtrain import cli\nassert cli.main(['run', {str(recipe)!r}, '--run-dir', "
+             f"{str(tmp_path / 'run')!r}, '--set', 'train.max_steps=2', '--set', 'eval.every_steps=0', "
+             f"'--set', 'run.reuse_host_memory={str(reuse).lower()}']) == 0")
+    faults, _ = _probe(setup)
+    assert (faults < 1000) if reuse else (faults > PLAIN_FAULTS), faults

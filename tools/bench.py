@@ -8,14 +8,15 @@
 Prints a table per section and writes every figure to JSON (default runs/bench.json). Asserts nothing.
 
 - ceilings: fp32 and bf16 matmul GFLOP/s at the training shapes (tokens x width x {3,4}width and x vocab),
-  and memory bandwidth (a large copy: bytes read + written per second).
+  into a preallocated output, and memory bandwidth (a large copy: bytes read + written per second).
 - train: 4L/4H/d128 and 6L/8H/d256 (gpt2 shape without biases, tied head, ctx 256, batch 16, vocab 4096):
-  `slmtrain run` (the whole framework: data loader, step, logging, preemption checks) in three
-  configurations (CONFIGS: the fast paths the shipped CPU recipes use, fp32 compiled, fp32 eager) and the
-  plain fp32 eager loop of tools/bench_reference.py, alternating in this one process, same thread count.
-  Figures per 10-step interval after the first interval (compilation and warm-up); median and spread over
-  all. MFU is model FLOPs (6 x matmul parameters incl. the head, plus attention's 6 x 2 x layers x ctx x
-  width per token) over the ceiling measured here for the dtype the run computes in.
+  `slmtrain run` (the whole framework: data loader, step, logging, preemption checks), each run a process of
+  its own as a user starts it, in three configurations (CONFIGS: the fast paths the shipped CPU recipes use,
+  fp32 compiled, fp32 eager), and the plain fp32 eager loop of tools/bench_reference.py in this process,
+  alternating, same thread count. Figures per 10-step interval after the first interval (compilation and
+  warm-up); median and spread over all. MFU is model FLOPs (6 x matmul parameters incl. the head, plus
+  attention's 6 x 2 x layers x ctx x width per token) over the ceiling of the dtype the run computes in,
+  measured just before that run.
 - recipes: the shipped recipes' models on their own data, tokens/s and MFU.
 - profile: where a step's time goes (torch.profiler, top ops by self CPU time), slmtrain and reference.
 - fastpaths: each fast path on and off, tokens/s side by side.
@@ -204,48 +205,55 @@ def _auto_dtype() -> str:
     return "bfloat16" if pick_precision("auto", torch.device("cpu")) == "bf16" else "float32"
 
 
-def train_section(work: Path, reps: int, steps: int, sets: list[str], ceils: dict[str, Any] | None
-                  ) -> dict[str, Any]:
+def train_section(work: Path, reps: int, steps: int, sets: list[str]) -> dict[str, Any]:
+    """Each run's MFU is over the ceilings measured just before it: this machine's speed drifts by a quarter
+    within minutes (its fp32 matmul ceiling too), and a ceiling from another moment would put that in the MFU."""
     data = _train_data(work)
     out: dict[str, Any] = {}
+    sides = {**{c: (conf_sets, _auto_dtype() if dt == "auto" else dt) for c, (conf_sets, dt) in CONFIGS.items()},
+             "reference": (None, "float32")}
     for name, (n_layer, n_head, d) in SHAPES.items():
-        rates: dict[str, list[float]] = {c: [] for c in [*CONFIGS, "reference"]}
+        fpt = flops_per_token(n_layer, d, VOCAB, CTX)
+        rates: dict[str, list[float]] = {c: [] for c in sides}
+        mfus: dict[str, list[float]] = {c: [] for c in sides}
+        fp32_mfus: dict[str, list[float]] = {c: [] for c in sides}
         ratios: dict[str, list[float]] = {c: [] for c in CONFIGS}
+        fp32_ceilings = []
         for rep in range(reps):  # A, B, C, R, A, B, C, R: drift on a shared machine hits them alike
             medians = {}
-            for conf, (conf_sets, _) in CONFIGS.items():
-                r = slmtrain_rates(work, name, n_layer, n_head, d, steps, conf_sets + sets)["rates"]
-                rates[conf] += r
-                medians[conf] = statistics.median(r)
-            ref = reference_rates(data, n_layer, n_head, d, steps)["rates"]
-            rates["reference"] += ref
+            for side, (side_sets, dtype) in sides.items():
+                ceil = ceilings(3)
+                fp32_ceilings.append(ceil["float32_gflops"])
+                if side_sets is None:
+                    r = reference_rates(data, n_layer, n_head, d, steps)["rates"]
+                else:
+                    r = slmtrain_rates(work, name, n_layer, n_head, d, steps, side_sets + sets)["rates"]
+                rates[side] += r
+                medians[side] = statistics.median(r)
+                mfus[side].append(medians[side] * fpt / (ceil[f"{dtype}_gflops"] * 1e9))
+                fp32_mfus[side].append(medians[side] * fpt / (ceil["float32_gflops"] * 1e9))
             for conf in CONFIGS:
-                ratios[conf].append(medians[conf] / statistics.median(ref))
-        fpt = flops_per_token(n_layer, d, VOCAB, CTX)
-        row: dict[str, Any] = {"flops_per_token": fpt, "configs": {}}
-        for conf, xs in rates.items():
-            dtype = CONFIGS[conf][1] if conf in CONFIGS else "float32"
-            dtype = _auto_dtype() if dtype == "auto" else dtype
-            entry = {"tokens_per_s": _spread(xs), "dtype": dtype}
-            if conf in ratios:
-                entry["ratio"] = _spread(ratios[conf])
-            if ceils:
-                entry["mfu"] = statistics.median(xs) * fpt / (ceils[f"{dtype}_gflops"] * 1e9)
-                entry["mfu_of_fp32_ceiling"] = statistics.median(xs) * fpt / (ceils["float32_gflops"] * 1e9)
-            row["configs"][conf] = entry
+                ratios[conf].append(medians[conf] / medians["reference"])
+        row: dict[str, Any] = {"flops_per_token": fpt, "fp32_ceilings_gflops": _spread(fp32_ceilings), "configs": {}}
+        for side, (_, dtype) in sides.items():
+            entry = {"tokens_per_s": _spread(rates[side]), "dtype": dtype, "mfu": _spread(mfus[side]),
+                     "mfu_of_fp32_ceiling": _spread(fp32_mfus[side])}
+            if side in ratios:
+                entry["ratio"] = _spread(ratios[side])
+            row["configs"][side] = entry
         out[name] = row
     return out
 
 
 def print_train(t: dict[str, Any], title: str = "train: slmtrain vs the plain reference loop") -> None:
     print(f"\n== {title} (tokens/s per 10-step interval: median [min-max]; ratio to the reference per pair; "
-          f"MFU of the ceiling of the dtype it computes in)")
+          f"MFU of the ceiling of the dtype it computes in, measured before each run)")
     for name, r in t.items():
-        print(f"  {name}:")
+        print(f"  {name} (fp32 ceiling before the runs: {_fmt(r['fp32_ceilings_gflops'], ' GFLOP/s')}):")
         for conf, e in r["configs"].items():
             ms = 1000 * BATCH * CTX / e["tokens_per_s"]["median"]
             ratio = f" | ratio {_fmt(e['ratio'], 'x', digits=2)}" if "ratio" in e else ""
-            mfu = f" | MFU {100 * e['mfu']:.0f}% ({e['dtype']})" if "mfu" in e else ""
+            mfu = f" | MFU {_fmt(e['mfu'], '%', 100)} ({e['dtype']})"
             print(f"    {conf:14s} {_fmt(e['tokens_per_s'])} tokens/s ({ms:.0f} ms/step){ratio}{mfu}")
 
 
@@ -278,7 +286,7 @@ def print_profile(p: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------- recipes, rest
-def recipes_section(work: Path, ceils: dict[str, Any] | None, steps: int) -> dict[str, Any]:
+def recipes_section(work: Path, steps: int) -> dict[str, Any]:
     from slmtrain import config
 
     out = {}
@@ -292,6 +300,7 @@ def recipes_section(work: Path, ceils: dict[str, Any] | None, steps: int) -> dic
         run_dir = work / f"recipe-{recipe}"
         sets = [f"train.max_steps={steps}", "train.max_minutes=0", "eval.every_steps=0", "checkpoint.every_steps=0",
                 "log.every_steps=10", "log.progress=false", "eval.samples=0"]
+        ceils = ceilings(3)  # just before the run: see train_section
         _slmtrain(["run", str(path), "--run-dir", str(run_dir)] + [a for s in sets for a in ("--set", s)])
         cfg = config.load(run_dir / "recipe.toml")
         train = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train" and r["step"] > INTERVAL]
@@ -301,8 +310,7 @@ def recipes_section(work: Path, ceils: dict[str, Any] | None, steps: int) -> dic
         fpt = flops_per_token(m.n_layer, m.n_embd, m.vocab_size, m.seq_len, mlp=int(round(mlp * 2)) / 2)
         dtype = "bfloat16" if cfg.run.precision == "bf16" else "float32"  # the run records what "auto" picked
         row = {"tokens_per_s": _spread(rates), "flops_per_token": fpt, "dtype": dtype, "compile": cfg.run.compile}
-        if ceils:
-            row["mfu"] = statistics.median(rates) * fpt / (ceils[f"{dtype}_gflops"] * 1e9)
+        row["mfu"] = statistics.median(rates) * fpt / (ceils[f"{dtype}_gflops"] * 1e9)
         out[recipe] = row
     return out
 
@@ -313,7 +321,7 @@ def print_recipes(r: dict[str, Any]) -> None:
         if "skipped" in row:
             print(f"  {name}: skipped ({row['skipped']})")
             continue
-        mfu = f", MFU {100 * row['mfu']:.0f}% of the {row['dtype']} ceiling" if "mfu" in row else ""
+        mfu = f", MFU {100 * row['mfu']:.0f}% of the {row['dtype']} ceiling"
         how = f"{row['dtype']}{', compiled' if row['compile'] else ''}"
         print(f"  {name} ({how}): {_fmt(row['tokens_per_s'])} tokens/s{mfu}")
 
@@ -386,17 +394,17 @@ def main() -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        if "ceilings" in only or "train" in only or "recipes" in only:
+        if "ceilings" in only:
             results["ceilings"] = ceilings(args.reps)
             print_ceilings(results["ceilings"])
         if "train" in only:
-            results["train"] = train_section(work, args.reps, args.steps, args.sets, results.get("ceilings"))
+            results["train"] = train_section(work, args.reps, args.steps, args.sets)
             print_train(results["train"])
         if "fastpaths" in only:
             results["fastpaths"] = fastpaths_section(work, args.reps, args.steps)
             print_fastpaths(results["fastpaths"])
         if "recipes" in only:
-            results["recipes"] = recipes_section(work, results.get("ceilings"), args.steps)
+            results["recipes"] = recipes_section(work, args.steps)
             print_recipes(results["recipes"])
         if "profile" in only:
             results["profile"] = profile_section(work, args.sets)
