@@ -92,6 +92,9 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 Linear = Callable[[Tensor, nn.Module], Tensor]
 
 
+_GELU_2U = 2 * math.sqrt(2 / math.pi)
+
+
 def gelu_tanh(x: Tensor) -> Tensor:
     """GPT-2's GELU, `0.5 x (1 + tanh(u))`. Compiled, it is written as the identical `x sigmoid(2u)`: inductor's
     CPU kernels evaluate tanh about 4x slower than exp, and this MLP's activation was a tenth of a compiled
@@ -99,9 +102,6 @@ def gelu_tanh(x: Tensor) -> Tensor:
     if torch.compiler.is_compiling():
         return x * torch.sigmoid(_GELU_2U * (x + 0.044715 * x * x * x))
     return F.gelu(x, approximate="tanh")
-
-
-_GELU_2U = 2 * math.sqrt(2 / math.pi)
 
 
 def apply_linear(x: Tensor, module: nn.Module) -> Tensor:
