@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slmtrain.config import ModelConfig
-from slmtrain.headloss import head_loss
+from slmtrain.headloss import cross_entropy, head_loss
 
 
 def swiglu_hidden(cfg: ModelConfig) -> int:
@@ -318,15 +318,18 @@ class GPT(nn.Module):
                        self.cfg.rope_theta if self.wpe is None else None)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, cache: KVCache | None = None,
-                loss_only: bool = False) -> tuple[Tensor | None, Tensor | None]:
+                loss_only: bool = False, chunked: bool = False) -> tuple[Tensor | None, Tensor | None]:
         """Logits for every position, and the mean next-token loss when targets are given.
 
         Args:
             idx: (B, T) token ids.
             targets: (B, T) token ids to predict; -1 marks positions left out of the loss.
             cache: continue after the `cache.length` positions already in it, and append these T.
-            loss_only: with targets, return (None, loss) computed by `slmtrain.headloss` (head and
-                loss chunk by chunk; the logits are never materialised).
+            loss_only: with targets, return (None, loss). A compiled training step needs this: logits it
+                returns are an output of the graph, whose backward is then handed a zero-filled gradient of
+                all (B, T, V) of them to read.
+            chunked: with loss_only, compute the head and the loss by `slmtrain.headloss`, chunk by chunk
+                (the logits are never materialised).
 
         Returns:
             logits (B, T, vocab_size) in the compute dtype, and the fp32 cross-entropy or None.
@@ -354,7 +357,7 @@ class GPT(nn.Module):
             x = block(x, rope, cache, layer)
         if cache is not None:
             cache.length += T
-        if loss_only and targets is not None:
+        if loss_only and chunked and targets is not None:
             h = self.ln_f(x).view(B * T, -1)
             return None, head_loss(h, self.output_weight, targets.reshape(B * T), self.cfg.logit_softcap)
         logits = F.linear(self.ln_f(x), self.output_weight)  # (B, T, V)
@@ -364,7 +367,9 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             # fp32 so the loss (and its gradient) does not lose precision under bf16/fp16 autocast.
-            loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=-1)
+            loss = cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T))
+            if loss_only:
+                return None, loss
         return logits, loss
 
     def decode_step(self, token: Tensor, pos: Tensor, cache: KVCache, linear: Linear = apply_linear,

@@ -96,7 +96,7 @@ def train_step(model: torch.nn.Module, batches: Iterator[Batch], optimizer: torc
         ctx = sync_ctx() if (sync_ctx is not None and not last) else contextlib.nullcontext()
         with ctx:
             with autocast_context(device.type, precision):
-                _, loss = model(x, y, loss_only=fused_head_loss)
+                _, loss = model(x, y, loss_only=True, chunked=fused_head_loss)
             loss = loss / grad_accum
             (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach().float()

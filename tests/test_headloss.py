@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from helpers import run_cli, train_losses, write_recipe
 
 from slmtrain.config import ModelConfig
-from slmtrain.headloss import chunk_rows, head_loss
+from slmtrain.headloss import chunk_rows, cross_entropy, head_loss
 from slmtrain.model import GPT
 
 
@@ -39,7 +39,7 @@ def test_the_model_gives_the_same_loss_and_gradients_with_and_without_logits() -
     x, y = torch.randint(0, 300, (3, 16)), torch.randint(0, 300, (3, 16))
     logits, plain = model(x, y)
     grads = torch.autograd.grad(plain, list(model.parameters()))
-    none, fused = model(x, y, loss_only=True)
+    none, fused = model(x, y, loss_only=True, chunked=True)
     assert logits is not None and none is None
     torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
     for a, b in zip(grads, torch.autograd.grad(fused, list(model.parameters()))):
@@ -58,3 +58,35 @@ def test_a_run_with_the_fused_head_loss_trains_like_the_plain_one(tmp_path: Path
     assert plain.keys() == fused.keys() and len(plain) == 12
     # Rounding differs, so after a dozen updates the losses agree closely, not bit for bit.
     assert all(abs(plain[s] - fused[s]) < 1e-3 for s in plain), (plain, fused)
+
+
+def test_loss_only_without_chunks_is_the_plain_path_bit_for_bit() -> None:
+    """What a training step calls (a compiled graph that returned the logits would be handed their zero gradient)."""
+    cfg = ModelConfig(flavour="gpt2", bias=False, n_layer=2, n_head=2, n_embd=32, seq_len=16, vocab_size=300)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    x, y = torch.randint(0, 300, (3, 16)), torch.randint(0, 300, (3, 16))
+    y[0, :5] = -1
+    logits, plain = model(x, y)
+    grads = torch.autograd.grad(plain, list(model.parameters()))
+    none, loss = model(x, y, loss_only=True)
+    assert logits is not None and none is None
+    assert torch.equal(loss, plain)
+    for a, b in zip(grads, torch.autograd.grad(loss, list(model.parameters()))):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("left_out", [0, 5, 64])  # none, some, and every position left out of the loss
+def test_the_compiled_cross_entropy_is_torchs(left_out: int) -> None:
+    g = torch.Generator().manual_seed(left_out)
+    logits = (4 * torch.randn(64, 500, generator=g)).requires_grad_()
+    t = torch.randint(0, 500, (64,), generator=g)
+    t[:left_out] = -1
+    want = F.cross_entropy(logits, t, ignore_index=-1)
+    (want_grad,) = torch.autograd.grad(want * 3, logits)
+    got = torch.compile(cross_entropy, fullgraph=True)(logits, t)
+    (got_grad,) = torch.autograd.grad(got * 3, logits)
+    # A mean over no positions is nan in both, with a zero gradient.
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-7, equal_nan=True)
+    torch.testing.assert_close(cross_entropy(logits, t), want, rtol=0, atol=0, equal_nan=True)  # eager: ATen's
