@@ -18,7 +18,7 @@ import slmtrain.dist as dist
 import slmtrain.fsio as fsio
 import slmtrain.runinfo as runinfo
 from slmtrain.checkpoint import cleanup_tmp, find_resume, list_checkpoints
-from slmtrain.config import Config
+from slmtrain.config import Config, RunConfig
 from slmtrain.data.prepare import PrepareInterrupted, prepare_data
 from slmtrain.data.stream import build_train_loader, eval_batches
 from slmtrain.errors import CheckpointError, ConfigError, RunLockedError, SlmError, UserError
@@ -49,6 +49,20 @@ class TrainingDiverged(SlmError):
 
 def resolve_run_dir(cfg: Config, run_dir: str | None) -> Path:
     return Path(run_dir).expanduser() if run_dir else Path(cfg.run.out_dir).expanduser() / cfg.run.name
+
+
+def process_settings(run: RunConfig) -> None:
+    """What a training process sets for itself before it builds anything (`run` and `resume` do)."""
+    if run.deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; read when its first handle is created.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        # Deterministic mode also NaN-fills every new buffer, a guard against kernels that read memory
+        # they never wrote; that costs ~4 % of a CPU step here, and nothing slmtrain runs reads one
+        # (the exact-resume and determinism tests would see it).
+        torch.utils.deterministic.fill_uninitialized_memory = False
+    if run.reuse_host_memory:
+        keep_freed_memory()
 
 
 class RunManager:
@@ -166,16 +180,7 @@ class RunManager:
     # ------------------------------------------------------------------------------------- building
     def _build(self) -> None:
         cfg, info = self.cfg, self.info
-        if cfg.run.deterministic:
-            # cuBLAS needs a fixed workspace to be deterministic; read when its first handle is created.
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            # Deterministic mode also NaN-fills every new buffer, a guard against kernels that read memory
-            # they never wrote; that costs ~4 % of a CPU step here, and nothing slmtrain runs reads one
-            # (the exact-resume and determinism tests would see it).
-            torch.utils.deterministic.fill_uninitialized_memory = False
-        if cfg.run.reuse_host_memory:
-            keep_freed_memory()
+        process_settings(cfg.run)
         # Rank 0 builds the cache; the others wait, then reuse it instead of tokenizing the same data again.
         if info.is_main:
             self.prepared = prepare_data(cfg, stop=self.flag.check, log=self.console.info)

@@ -43,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_reference  # noqa: E402
+from bench_mfu import SUITE_WIDTHS, MatmulCeiling, flops_per_token, matmul_shapes  # noqa: E402
 
 from slmtrain import cli  # noqa: E402
 from slmtrain.log import read_jsonl  # noqa: E402
@@ -73,17 +74,11 @@ def _time(fn, reps: int) -> float:
 
 
 def ceilings(reps: int) -> dict[str, Any]:
-    tokens = BATCH * CTX
-    shapes = [(tokens, d, m * d) for d in (128, 256) for m in (3, 4)] + [(tokens, d, VOCAB) for d in (128, 256)]
+    shapes = matmul_shapes(BATCH * CTX, SUITE_WIDTHS, VOCAB)
     out: dict[str, Any] = {"shapes": {}}
     for dtype in (torch.float32, torch.bfloat16):
-        rates = []
-        for m, k, n in shapes:
-            # Into a preallocated output: a fresh one would time the allocator's page faults, not the matmul.
-            a, b, c = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype), torch.empty(m, n, dtype=dtype)
-            rate = 2 * m * k * n / _time(lambda: torch.mm(a, b, out=c), max(3, reps)) / 1e9
-            out["shapes"][f"{m}x{k}x{n} {str(dtype)[6:]}"] = rate
-            rates.append(rate)
+        rates = MatmulCeiling(shapes, dtype).per_shape(max(3, reps))
+        out["shapes"].update({f"{m}x{k}x{n} {str(dtype)[6:]}": r for (m, k, n), r in zip(shapes, rates)})
         out[f"{str(dtype)[6:]}_gflops"] = max(rates)
     x = torch.empty(64 * 2**20 // 4)  # 64 MiB, far past the caches
     y = torch.empty_like(x)
@@ -100,12 +95,6 @@ def print_ceilings(c: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ training
-def flops_per_token(n_layer: int, d: int, vocab: int, ctx: int, mlp: int = 4) -> float:
-    """Forward + backward FLOPs per token: 6 x matmul parameters (head included) + attention scores."""
-    matmul = n_layer * (3 * d * d + d * d + 2 * mlp * d * d) + vocab * d
-    return 6 * matmul + 6 * 2 * n_layer * ctx * d
-
-
 SHAPE_RECIPE = """
 [run]
 seed = 1
@@ -257,6 +246,45 @@ def print_train(t: dict[str, Any], title: str = "train: slmtrain vs the plain re
             print(f"    {conf:14s} {_fmt(e['tokens_per_s'])} tokens/s ({ms:.0f} ms/step){ratio}{mfu}")
 
 
+# ------------------------------------------------------------------------------------ interleaved MFU
+MFU_SIDES = {"fp32 compiled": "compiled", "fp32 eager": "eager", "reference": "reference"}
+
+
+def mfu_section(work: Path, reps: int, windows: int) -> dict[str, Any]:
+    """fp32 MFU with the ceiling timed between windows of steps in the training process (tools/bench_mfu.py):
+    slmtrain's step compiled and eager, and the reference loop, one process each, alternating."""
+    out: dict[str, Any] = {}
+    for name, (n_layer, n_head, d) in SHAPES.items():
+        recipe = work / f"mfu-{name}.toml"
+        recipe.write_text(SHAPE_RECIPE.format(run="", cache=(work / "cache").as_posix(), n_layer=n_layer,
+                                              n_head=n_head, d=d, steps=10**6))
+        pooled: dict[str, dict[str, list[float]]] = {s: {"mfu": [], "gflops": [], "ceilings": [], "medians": []}
+                                                      for s in MFU_SIDES}
+        for _ in range(reps):
+            for side, flag in MFU_SIDES.items():
+                proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_mfu.py"), "--side", flag,
+                                       "--recipe", str(recipe), "--cache", str(work / "cache"),
+                                       "--windows", str(windows)], cwd=REPO, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise SystemExit(f"{proc.stderr[-3000:]}\nbench_mfu.py --side {flag} exited {proc.returncode}")
+                r = json.loads(proc.stdout.splitlines()[-1])
+                for key in ("mfu", "gflops", "ceilings"):
+                    pooled[side][key] += r[key]
+                pooled[side]["medians"].append(statistics.median(r["mfu"]))
+        out[name] = {side: {k: _spread(v) for k, v in lists.items()} for side, lists in pooled.items()}
+    return out
+
+
+def print_mfu(m: dict[str, Any]) -> None:
+    print(f"\n== fp32 MFU, the ceiling timed between windows of {INTERVAL} steps in the training process "
+          "(per window: median [min-max]; per process medians in brackets after)")
+    for name, sides in m.items():
+        print(f"  {name}:")
+        for side, r in sides.items():
+            print(f"    {side:14s} MFU {_fmt(r['mfu'], '%', 100)} (processes {_fmt(r['medians'], '%', 100)}) | "
+                  f"{_fmt(r['gflops'], ' GFLOP/s')} over a ceiling of {_fmt(r['ceilings'], ' GFLOP/s')}")
+
+
 # ------------------------------------------------------------------------------------------- profile
 def _profile(fn, top: int = 8) -> list[tuple[str, float]]:
     from torch.profiler import ProfilerActivity, profile
@@ -368,14 +396,12 @@ def print_prepare(r: dict[str, Any]) -> None:
 
 
 def checkpoint_section(work: Path) -> dict[str, Any]:
-    import subprocess
-
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_checkpoint.py")], capture_output=True,
                           text=True, cwd=work)
     return {"report": proc.stdout.strip(), "exit_code": proc.returncode}
 
 
-SECTIONS = ("ceilings", "train", "recipes", "profile", "fastpaths", "checkpoint", "prepare", "generate")
+SECTIONS = ("ceilings", "train", "mfu", "recipes", "profile", "fastpaths", "checkpoint", "prepare", "generate")
 
 
 def main() -> int:
@@ -383,6 +409,7 @@ def main() -> int:
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     p.add_argument("--reps", type=int, default=3, help="alternating repetitions per comparison")
     p.add_argument("--steps", type=int, default=50, help="training steps per measured run")
+    p.add_argument("--windows", type=int, default=6, help="mfu: windows of 10 steps per process")
     p.add_argument("--set", dest="sets", action="append", default=[], help="extra --set for the slmtrain runs")
     p.add_argument("--json", default=str(REPO / "runs" / "bench.json"))
     args = p.parse_args()
@@ -400,6 +427,9 @@ def main() -> int:
         if "train" in only:
             results["train"] = train_section(work, args.reps, args.steps, args.sets)
             print_train(results["train"])
+        if "mfu" in only:
+            results["mfu"] = mfu_section(work, args.reps, args.windows)
+            print_mfu(results["mfu"])
         if "fastpaths" in only:
             results["fastpaths"] = fastpaths_section(work, args.reps, args.steps)
             print_fastpaths(results["fastpaths"])

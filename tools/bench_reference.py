@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,9 +60,9 @@ class RefGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
-def train(data: np.ndarray, *, vocab: int, ctx: int, n_layer: int, n_head: int, d: int, batch: int, steps: int,
-          lr: float = 1e-3, log_every: int = 10, seed: int = 0) -> list[float]:
-    """Train for `steps` steps on random windows of `data`; returns the wall time of every step in seconds."""
+def trainer(data: np.ndarray, *, vocab: int, ctx: int, n_layer: int, n_head: int, d: int, batch: int,
+            lr: float = 1e-3, log_every: int = 10, seed: int = 0) -> Callable[[], None]:
+    """One training step on a random window of `data` per call (the loss read back every `log_every`)."""
     torch.manual_seed(seed)
     model = RefGPT(vocab, ctx, n_layer, n_head, d)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -68,9 +70,9 @@ def train(data: np.ndarray, *, vocab: int, ctx: int, n_layer: int, n_head: int, 
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.95), foreach=True)
     rng = np.random.default_rng(seed)
-    times = []
-    for step in range(steps):
-        t0 = time.perf_counter()
+    calls = [0]
+
+    def step() -> None:
         starts = rng.integers(0, len(data) - ctx - 1, batch)
         rows = np.stack([data[s:s + ctx + 1] for s in starts]).astype(np.int64)
         xy = torch.from_numpy(rows)
@@ -80,7 +82,19 @@ def train(data: np.ndarray, *, vocab: int, ctx: int, n_layer: int, n_head: int, 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % log_every == 0:
+        if calls[0] % log_every == 0:
             loss.item()
+        calls[0] += 1
+
+    return step
+
+
+def train(data: np.ndarray, *, steps: int, **shape: Any) -> list[float]:
+    """Train for `steps` steps (`trainer`'s arguments); returns the wall time of every step in seconds."""
+    step = trainer(data, **shape)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
         times.append(time.perf_counter() - t0)
     return times

@@ -33,7 +33,7 @@ import torch
 from slmtrain import config
 from slmtrain.data.prepare import prepare_data
 from slmtrain.data.sources import load_splits
-from slmtrain.data.stream import build_train_loader
+from slmtrain.data.stream import WindowLoader, build_train_loader
 from slmtrain.data.tokenizer import build_tokenizer
 from slmtrain.log import MetricsWriter, read_jsonl
 from slmtrain.model import GPT
@@ -43,8 +43,10 @@ from slmtrain.train import train_step
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bench_steps(recipe: Path, steps: int, warmup: int, cache: Path) -> dict[str, float]:
-    cfg = config.load(recipe, [f"data.cache_dir='{cache.as_posix()}'"])
+def build_pipeline(recipe: Path, cache: Path, overrides: list[str] | None = None) -> tuple[
+        config.Config, GPT, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, WindowLoader]:
+    """A recipe's model, optimizer, scheduler and training loader on CPU, built from the pieces `slmtrain run` uses."""
+    cfg = config.load(recipe, [f"data.cache_dir='{cache.as_posix()}'", *(overrides or [])])
     prepared = prepare_data(cfg, log=lambda _m: None)
     vocab = config.embedding_rows(cfg.model.vocab_size, prepared.tokenizer.vocab_size)
     cfg = cfg.replace("model", vocab_size=vocab)
@@ -55,6 +57,12 @@ def bench_steps(recipe: Path, steps: int, warmup: int, cache: Path) -> dict[str,
     t = cfg.train
     loader = build_train_loader(prepared.train_path, cfg.model.seq_len, t.batch_size, cfg.run.seed, 0, 1,
                                 t.grad_accum, cfg.data.loader_workers)
+    return cfg, model, optimizer, scheduler, loader
+
+
+def bench_steps(recipe: Path, steps: int, warmup: int, cache: Path) -> dict[str, float]:
+    cfg, model, optimizer, scheduler, loader = build_pipeline(recipe, cache)
+    t = cfg.train
     data_time = [0.0]
     raw = iter(loader)
 
