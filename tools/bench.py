@@ -1,8 +1,8 @@
 """The benchmark suite: the machine's ceilings, slmtrain against a plain loop, and the rest of the pipeline.
 
-    python tools/bench.py                          # everything (about 10 minutes on 2 cores)
-    python tools/bench.py --only ceilings,train    # sections: ceilings, train, recipes, profile, fastpaths,
-                                                   #   checkpoint, prepare, generate
+    python tools/bench.py                          # everything (about an hour on 2 cores)
+    python tools/bench.py --only ceilings,train    # sections: ceilings, train, mfu, recipes, profile,
+                                                   #   fastpaths, checkpoint, prepare, generate
     python tools/bench.py --reps 5 --json bench.json
 
 Prints a table per section and writes every figure to JSON (default runs/bench.json). Asserts nothing.
@@ -17,9 +17,12 @@ Prints a table per section and writes every figure to JSON (default runs/bench.j
   warm-up); median and spread over all. MFU is model FLOPs (6 x matmul parameters incl. the head, plus
   attention's 6 x 2 x layers x ctx x width per token) over the ceiling of the dtype the run computes in,
   measured just before that run.
+- mfu: fp32 MFU with the ceiling timed between windows of 10 steps in the training process itself
+  (tools/bench_mfu.py): slmtrain's step compiled and eager, and the reference loop, a process each.
 - recipes: the shipped recipes' models on their own data, tokens/s and MFU.
 - profile: where a step's time goes (torch.profiler, top ops by self CPU time), slmtrain and reference.
-- fastpaths: each fast path on and off, tokens/s side by side.
+- fastpaths: each fast path on and off, tokens/s side by side; slmtrain's compiled GELU and cross-entropy
+  against torch's.
 - checkpoint / prepare / generate: save stall (sync, async) and latencies, `prepare` MB/s on
   ../shared/data/tinystories, generation tokens/s with and without the KV cache (eager, compiled, compiled
   int8).
