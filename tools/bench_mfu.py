@@ -95,8 +95,8 @@ def interleaved(step: Callable[[], None], flops_per_step: float, ceiling: Matmul
 
 def slmtrain_step(recipe: Path, compiled: bool, cache: Path) -> tuple[Callable[[], None], ModelConfig, int]:
     """slmtrain's fp32 training step on `recipe`'s model and data, its model and its tokens per step."""
+    process_settings(config.load(recipe).run)  # first, as a run makes them: before anything is allocated
     cfg, model, optimizer, scheduler, loader = build_pipeline(recipe, cache)
-    process_settings(cfg.run)
     wrapped = torch.compile(model) if compiled else model
     batches = iter(loader)
     t = cfg.train
