@@ -46,7 +46,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_reference  # noqa: E402
-from bench_mfu import SUITE_WIDTHS, MatmulCeiling, flops_per_token, matmul_shapes  # noqa: E402
+from bench_mfu import (SUITE_WIDTHS, WINDOW, MatmulCeiling, flops_per_token, matmul_shapes,  # noqa: E402
+                       median_seconds)
 
 from slmtrain import cli  # noqa: E402
 from slmtrain.log import read_jsonl  # noqa: E402
@@ -66,16 +67,6 @@ def _fmt(s: dict[str, float], unit: str = "", scale: float = 1.0, digits: int = 
 
 
 # ------------------------------------------------------------------------------------------- ceilings
-def _time(fn, reps: int) -> float:
-    fn()
-    best = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best.append(time.perf_counter() - t0)
-    return statistics.median(best)
-
-
 def ceilings(reps: int) -> dict[str, Any]:
     shapes = matmul_shapes(BATCH * CTX, SUITE_WIDTHS, VOCAB)
     out: dict[str, Any] = {"shapes": {}}
@@ -85,7 +76,7 @@ def ceilings(reps: int) -> dict[str, Any]:
         out[f"{str(dtype)[6:]}_gflops"] = max(rates)
     x = torch.empty(64 * 2**20 // 4)  # 64 MiB, far past the caches
     y = torch.empty_like(x)
-    out["bandwidth_gbs"] = 2 * x.numel() * 4 / _time(lambda: y.copy_(x), max(5, reps)) / 1e9
+    out["bandwidth_gbs"] = 2 * x.numel() * 4 / median_seconds(lambda: y.copy_(x), max(5, reps)) / 1e9
     return out
 
 
@@ -136,24 +127,35 @@ progress = false
 """
 
 
+def _shape_recipe(work: Path, name: str, n_layer: int, n_head: int, d: int, steps: int) -> Path:
+    """SHAPE_RECIPE for one model shape, written to work/NAME.toml, its data cached in work/cache."""
+    recipe = work / f"{name}.toml"
+    recipe.write_text(SHAPE_RECIPE.format(run="", cache=(work / "cache").as_posix(), n_layer=n_layer,
+                                          n_head=n_head, d=d, steps=steps))
+    return recipe
+
+
 def _slmtrain(args: list[str], in_process: bool = False) -> None:
     """`slmtrain ARGS` in a process of its own, as a user runs it, so that process-wide settings (the allocator's,
     run.reuse_host_memory) stay out of this one, where the reference loop runs; or here, for the profiler."""
-    if in_process:
-        code, said = cli.main(args), ""
-    else:
-        proc = subprocess.run([sys.executable, "-m", "slmtrain", *args], cwd=REPO, capture_output=True, text=True)
-        code, said = proc.returncode, proc.stderr[-3000:]
-    if code != 0:
-        raise SystemExit(f"{said}\nslmtrain {' '.join(args)} exited {code}")
+    if not in_process:
+        _python(["-m", "slmtrain", *args])
+    elif (code := cli.main(args)) != 0:
+        raise SystemExit(f"slmtrain {' '.join(args)} exited {code}")
+
+
+def _python(args: list[str]) -> str:
+    """`python ARGS` in a process of its own, from the repository; its stdout (its stderr's end if it fails)."""
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{proc.stderr[-3000:]}\npython {' '.join(args)} exited {proc.returncode}")
+    return proc.stdout
 
 
 def slmtrain_rates(work: Path, name: str, n_layer: int, n_head: int, d: int, steps: int,
                    sets: list[str], in_process: bool = False) -> dict[str, Any]:
     """tokens/s per 10-step interval of a real `slmtrain run` (the final eval and save are not in them)."""
-    recipe = work / f"{name}.toml"
-    recipe.write_text(SHAPE_RECIPE.format(run="", cache=(work / "cache").as_posix(), n_layer=n_layer,
-                                          n_head=n_head, d=d, steps=steps))
+    recipe = _shape_recipe(work, name, n_layer, n_head, d, steps)
     run_dir = work / f"run-{name}-{time.monotonic_ns()}"
     args = ["run", str(recipe), "--run-dir", str(run_dir)] + [a for s in sets for a in ("--set", s)]
     _slmtrain(args, in_process)
@@ -258,19 +260,14 @@ def mfu_section(work: Path, reps: int, windows: int) -> dict[str, Any]:
     slmtrain's step compiled and eager, and the reference loop, one process each, alternating."""
     out: dict[str, Any] = {}
     for name, (n_layer, n_head, d) in SHAPES.items():
-        recipe = work / f"mfu-{name}.toml"
-        recipe.write_text(SHAPE_RECIPE.format(run="", cache=(work / "cache").as_posix(), n_layer=n_layer,
-                                              n_head=n_head, d=d, steps=10**6))
+        recipe = _shape_recipe(work, f"mfu-{name}", n_layer, n_head, d, 10**6)
         pooled: dict[str, dict[str, list[float]]] = {s: {"mfu": [], "gflops": [], "ceilings": [], "medians": []}
                                                       for s in MFU_SIDES}
         for _ in range(reps):
             for side, flag in MFU_SIDES.items():
-                proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_mfu.py"), "--side", flag,
-                                       "--recipe", str(recipe), "--cache", str(work / "cache"),
-                                       "--windows", str(windows)], cwd=REPO, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    raise SystemExit(f"{proc.stderr[-3000:]}\nbench_mfu.py --side {flag} exited {proc.returncode}")
-                r = json.loads(proc.stdout.splitlines()[-1])
+                said = _python([str(REPO / "tools" / "bench_mfu.py"), "--side", flag, "--recipe", str(recipe),
+                                "--cache", str(work / "cache"), "--windows", str(windows)])
+                r = json.loads(said.splitlines()[-1])
                 for key in ("mfu", "gflops", "ceilings"):
                     pooled[side][key] += r[key]
                 pooled[side]["medians"].append(statistics.median(r["mfu"]))
@@ -279,7 +276,7 @@ def mfu_section(work: Path, reps: int, windows: int) -> dict[str, Any]:
 
 
 def print_mfu(m: dict[str, Any]) -> None:
-    print(f"\n== fp32 MFU, the ceiling timed between windows of {INTERVAL} steps in the training process "
+    print(f"\n== fp32 MFU, the ceiling timed between windows of {WINDOW} steps in the training process "
           "(per window: median [min-max]; per process medians in brackets after)")
     for name, sides in m.items():
         print(f"  {name}:")
@@ -498,7 +495,7 @@ def compiled_forms(reps: int) -> dict[str, Any]:
         fns = {"on": torch.compile(ours), "off": torch.compile(torchs)}
         for _ in range(max(3, reps)):
             for side, fn in fns.items():
-                times[side].append(1000 * _time(lambda fn=fn: fn(*args).backward(g), 10))
+                times[side].append(1000 * median_seconds(lambda fn=fn: fn(*args).backward(g), 10))
         out[name] = {side: _spread(ts) for side, ts in times.items()}
     return out
 

@@ -37,6 +37,17 @@ WINDOW = 10
 SUITE_WIDTHS = (128, 256)  # the ceiling is the best over the suite's two model widths, whichever one trains
 
 
+def median_seconds(fn: Callable[[], object], reps: int) -> float:
+    """Median wall time of `reps` calls of `fn`, after one untimed call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def flops_per_token(n_layer: int, d: int, vocab: int, ctx: int, mlp: float = 4) -> float:
     """Forward + backward FLOPs per token: 6 x matmul parameters (head included) + attention scores."""
     matmul = n_layer * (3 * d * d + d * d + 2 * mlp * d * d) + vocab * d
@@ -58,16 +69,8 @@ class MatmulCeiling:
                           torch.empty(m, n, dtype=dtype)) for m, k, n in shapes]
 
     def per_shape(self, reps: int = 3) -> list[float]:
-        rates = []
-        for (m, k, n), (a, b, c) in zip(self.shapes, self.operands):
-            torch.mm(a, b, out=c)
-            times = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                torch.mm(a, b, out=c)
-                times.append(time.perf_counter() - t0)
-            rates.append(2 * m * k * n / statistics.median(times) / 1e9)
-        return rates
+        return [2 * m * k * n / median_seconds(lambda a=a, b=b, c=c: torch.mm(a, b, out=c), reps) / 1e9
+                for (m, k, n), (a, b, c) in zip(self.shapes, self.operands)]
 
     def __call__(self, reps: int = 3) -> float:
         return max(self.per_shape(reps))
