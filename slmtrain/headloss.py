@@ -22,6 +22,20 @@ def chunk_rows(vocab: int) -> int:
     return max(1024, min(8192, (2**23 // max(1, vocab)) // 256 * 256))
 
 
+def _nll_sum(logits: Tensor, picked: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """The summed cross-entropy of the `valid` rows of `logits` (N, V) against `picked` (N, 1), and every row's
+    log-sum-exp."""
+    lse = torch.logsumexp(logits, dim=-1)
+    return ((lse - logits.gather(1, picked).squeeze(1)) * valid).sum(), lse
+
+
+def _softmax_minus_one_hot(logits: Tensor, lse: Tensor, picked: Tensor, scale: Tensor) -> Tensor:
+    """(softmax(logits) - one-hot(picked)) * scale (N, 1): the cross-entropy's gradient over the logits. The
+    one-hot is scattered last, so that compiled, the pass over the logits writes the gradient once."""
+    g = (logits - lse.unsqueeze(1)).exp_().mul_(scale)
+    return g.scatter_add_(1, picked, -scale)
+
+
 class _HeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor,  # type: ignore[override]
@@ -39,13 +53,11 @@ class _HeadLoss(torch.autograd.Function):
                 logits = s * softcap
             else:
                 logits = z
-            lse = torch.logsumexp(logits, dim=-1)
             picked = tc.clamp(min=0).unsqueeze(1)
-            total += ((lse - logits.gather(1, picked).squeeze(1)) * vc).sum()
+            nll, lse = _nll_sum(logits, picked, vc)
+            total += nll
             # d(mean loss)/d(logits) = (softmax - one-hot) / count, zero on ignored positions.
-            g = (logits - lse.unsqueeze(1)).exp_()
-            g.scatter_add_(1, picked, -torch.ones_like(picked, dtype=g.dtype))
-            g.mul_((vc.to(g.dtype) / count).unsqueeze(1))
+            g = _softmax_minus_one_hot(logits, lse, picked, (vc.to(logits.dtype) / count).unsqueeze(1))
             if softcap:
                 g.mul_(1 - s * s)
             grad_h[start:start + rows] = g @ weight.to(g.dtype)
@@ -78,17 +90,16 @@ class _CrossEntropy(torch.autograd.Function):
         valid = targets != -1
         count = valid.sum().to(logits.dtype)  # 0 when every position is left out: a nan loss, as torch's
         picked = targets.clamp(min=0).unsqueeze(1)
-        lse = torch.logsumexp(logits, dim=-1)
+        nll, lse = _nll_sum(logits, picked, valid)
         ctx.save_for_backward(logits, lse, picked, valid, count)
-        return ((lse - logits.gather(1, picked).squeeze(1)) * valid).sum() / count
+        return nll / count
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         logits, lse, picked, valid, count = ctx.saved_tensors
         # Left-out rows get no gradient, even when all are (torch's too: nan loss, zero gradient).
         scale = torch.where(valid, grad_out / count, 0.0).unsqueeze(1)
-        grad = (logits - lse.unsqueeze(1)).exp() * scale
-        return grad.scatter_add(1, picked, -scale), None
+        return _softmax_minus_one_hot(logits, lse, picked, scale), None
 
 
 def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
