@@ -13,15 +13,21 @@ import pytest
 from slmtrain.errors import RunLockedError
 from slmtrain.lock import RunLock
 
-# Takes the lock, forks a worker the way the DataLoader and the tokenizer pool do, prints both pids, waits.
+# Takes the lock, forks a worker the way the DataLoader and the tokenizer pool do, waits. The worker prints its
+# pid from its own code, so the pid arrives only once the fork is complete in the child (its at-fork hooks have
+# run): a holder killed in the microseconds between fork and those hooks is not the case under test.
 HOLDER = """
-import multiprocessing, sys, time
+import multiprocessing, os, sys, time
 from slmtrain.lock import RunLock
-RunLock(sys.argv[1]).acquire()
-worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,), daemon=True)
-worker.start()
-print(worker.pid, flush=True)
-time.sleep(120)
+
+def work():
+    print(os.getpid(), flush=True)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    RunLock(sys.argv[1]).acquire()
+    multiprocessing.get_context("fork").Process(target=work, daemon=True).start()
+    time.sleep(120)
 """
 
 
