@@ -1,5 +1,6 @@
 """The output head and the cross-entropy: in one pass over chunks of positions, gradients included, or over
-logits (`cross_entropy`, with a backward that inductor compiles into one pass).
+logits (`cross_entropy`, with a backward that inductor compiles into one pass), and the head's own product
+(`head_logits`, whose weight gradient a compiled graph computes the faster way round).
 
 The plain path materialises logits of (tokens x vocab) floats, then their gradient of the same size, and
 reads both several times: at a 4096-token batch and GPT-2's 50k vocabulary that is 0.8 GB each. Here each
@@ -109,3 +110,29 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     if torch.compiler.is_compiling():
         return _CrossEntropy.apply(logits, targets)
     return F.cross_entropy(logits, targets, ignore_index=-1)
+
+
+class _Head(torch.autograd.Function):
+    """`h @ weight.T` whose weight gradient is computed as `(h.T @ g).T`, a (C x V) product read transposed,
+    rather than autograd's `g.T @ h`, (V x C). Both sum the same N products per entry; on this CPU the wide
+    (C x V) output runs ~1.2x faster at C = 128 and ~1.1x at C = 256 with V = 4096, N = 4096 (the head's
+    weight gradient was the slowest matmul of a step at 181 GFLOP/s, 279 this way round)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(h, weight)
+        return h @ weight.t()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        h, weight = ctx.saved_tensors
+        return grad @ weight, (h.t() @ grad).t()
+
+
+def head_logits(x: Tensor, weight: Tensor) -> Tensor:
+    """`F.linear(x, weight)` for the output head: `x` (..., C), `weight` (V, C). Compiled without autocast, the
+    product of `_Head`, the same values with the weight gradient up to rounding; eager or under autocast, ATen's
+    own, bit for bit."""
+    if torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type):
+        return _Head.apply(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight)

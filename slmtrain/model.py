@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slmtrain.config import ModelConfig
-from slmtrain.headloss import cross_entropy, head_loss
+from slmtrain.headloss import cross_entropy, head_logits, head_loss
 
 
 def swiglu_hidden(cfg: ModelConfig) -> int:
@@ -360,7 +360,7 @@ class GPT(nn.Module):
         if loss_only and chunked and targets is not None:
             h = self.ln_f(x).view(B * T, -1)
             return None, head_loss(h, self.output_weight, targets.reshape(B * T), self.cfg.logit_softcap)
-        logits = F.linear(self.ln_f(x), self.output_weight)  # (B, T, V)
+        logits = head_logits(self.ln_f(x), self.output_weight)  # (B, T, V)
         if self.cfg.logit_softcap:
             cap = self.cfg.logit_softcap
             logits = cap * torch.tanh(logits / cap)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from helpers import run_cli, train_losses, write_recipe
 
 from slmtrain.config import ModelConfig
-from slmtrain.headloss import chunk_rows, cross_entropy, head_loss
+from slmtrain.headloss import chunk_rows, cross_entropy, head_logits, head_loss
 from slmtrain.model import GPT
 
 
@@ -90,3 +90,20 @@ def test_the_compiled_cross_entropy_is_torchs(left_out: int) -> None:
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, equal_nan=True)
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-7, equal_nan=True)
     torch.testing.assert_close(cross_entropy(logits, t), want, rtol=0, atol=0, equal_nan=True)  # eager: ATen's
+
+
+def test_the_compiled_head_product_has_the_plain_values_and_gradients() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 48, 32, generator=g, requires_grad=True)
+    w = torch.randn(300, 32, generator=g, requires_grad=True)
+    up = torch.randn(2, 48, 300, generator=g)  # an upstream gradient that is not all ones
+    want = F.linear(x, w)
+    want_grads = torch.autograd.grad(want, (x, w), up)
+    got = torch.compile(head_logits, fullgraph=True)(x, w)
+    got_grads = torch.autograd.grad(got, (x, w), up)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got_grads, want_grads):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    assert torch.equal(head_logits(x, w), want)  # eager: ATen's
