@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import datetime
 import os
 import secrets
@@ -72,10 +71,6 @@ def init(info: DistInfo, device: torch.device, backend: str = "auto", timeout_se
     else:
         dist.init_process_group(backend=backend, store=store, rank=info.rank, world_size=info.world_size,
                                 timeout=timeout)
-    # A process that leaves with the group still up (an error between here and the run's own shutdown) lets
-    # gloo's worker threads outlive the interpreter, and they abort it at exit (SIGABRT, "terminate called
-    # without an active exception"): destroy it while the interpreter is whole.
-    atexit.register(shutdown)
 
 
 def attempt_store(info: DistInfo, timeout: datetime.timedelta) -> dist.Store | None:

@@ -82,6 +82,14 @@ class RunManager:
         """Run to completion or preemption; returns the process exit code (0, 75, 2, 1 or 130)."""
         self.device = dist.pick_device(self.cfg.run.device, self.info)
         dist.init(self.info, self.device, self.cfg.parallel.backend, self.cfg.parallel.timeout_seconds)
+        # Whatever ends the attempt, the group goes down while the interpreter is whole: gloo threads left
+        # running at exit abort the process (SIGABRT, "terminate called without an active exception").
+        try:
+            return self._execute()
+        finally:
+            dist.shutdown()
+
+    def _execute(self) -> int:
         self._check_dir()
         dist.barrier()  # every rank has looked before rank 0 writes run.json
         try:
@@ -98,7 +106,6 @@ class RunManager:
                 locked_out = e
         # Every rank learns whether rank 0 got the lock, so none trains on a directory another run owns.
         if dist.max_over_ranks(int(locked_out is not None), self.device):
-            dist.shutdown()
             raise locked_out or RunLockedError(f"rank 0 could not lock {self.run_dir}: see its message")
         poller = None
         self.saver: Saver | None = None
@@ -128,7 +135,6 @@ class RunManager:
                     self.console.info(f"curves.png could not be drawn: {curves.error}")
             if lock is not None:
                 lock.release()
-            dist.shutdown()
 
     def _close_saver(self) -> None:
         """A background save still in flight finishes before the lock is released."""
