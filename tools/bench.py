@@ -380,7 +380,7 @@ def prepare_section(work: Path, reps: int) -> dict[str, Any]:
     if not text.exists():
         return {"skipped": f"no {text}"}
     bpe, trained = bench_train.train_recipe_bpe(text, VOCAB, work / "prep-bpe")
-    figures = bench_train.bench_prepare(text, {"gpt2": SHARED / "gpt2", f"bpe-{VOCAB}": bpe}, reps)
+    figures, _busy = bench_train.bench_prepare(text, {"gpt2": SHARED / "gpt2", f"bpe-{VOCAB}": bpe}, reps)
     return {"MB": text.stat().st_size / 1e6, "bpe_train_seconds": trained,
             **{name: _spread(by["this"]) for name, by in figures.items()}}
 
