@@ -35,7 +35,8 @@ class RunConfig:
     seed: int = _f(1337, "Seed for weights, data windows and sampling.", lo=0, hi=2**63 - 1)
     device: str = _f("auto", "Where to train.", choices=("auto", "cpu", "cuda", "mps"))
     precision: str = _f("fp32", "Autocast precision (fp16 adds a grad scaler). auto: bf16 where the hardware runs "
-                        "it faster than fp32 (CUDA with bf16, CPUs with AMX), else fp32; the run records its pick.",
+                        "it faster than fp32 (CUDA with bf16, CPUs with AMX or AVX512-BF16), else fp32; the run "
+                        "records its pick.",
                         choices=("fp32", "bf16", "fp16", "auto"))
     compile: bool = _f(False, "torch.compile the model.")
     deterministic: bool = _f(True, "Use deterministic kernels (exact resume needs it on GPU).")
