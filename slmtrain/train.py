@@ -40,9 +40,8 @@ def pick_precision(name: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu":
-        # tools/bench.py, ceilings: AMX tiles run bf16 matmuls ~5x faster than fp32 (a compiled step 2.3x);
-        # AVX512-BF16's dot products (Zen 4) 2.3x (a compiled step 1.6x). Without either, bf16 is emulated
-        # and slower than fp32.
+        # bf16 matmuls against fp32 (tools/bench.py, ceilings): AMX tiles ~5x, AVX512-BF16's dot products
+        # (Zen 4) 2.3x; a compiled step 1.6x on either. Without them bf16 is emulated, slower than fp32.
         native = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
         return "bf16" if any(getattr(torch.cpu, name, lambda: False)() for name in native) else "fp32"
     return "fp32"
