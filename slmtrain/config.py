@@ -40,6 +40,9 @@ class RunConfig:
                         choices=("fp32", "bf16", "fp16", "auto"))
     compile: bool = _f(False, "torch.compile the model.")
     deterministic: bool = _f(True, "Use deterministic kernels (exact resume needs it on GPU).")
+    cpu_matmul: str = _f("auto", "Library of fp32 matmuls on CPU. auto: oneDNN on x86 CPUs with AVX-512 that are "
+                         "not Intel's (MKL runs its AVX2 kernels there, half as fast), else the BLAS.",
+                         choices=("auto", "blas", "onednn"))
     reuse_host_memory: bool = _f(True, "Keep freed host memory in the process for the next step (glibc's malloc "
                                  "thresholds) instead of page-faulting every large tensor in again; Linux only.")
 

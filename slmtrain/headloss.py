@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import slmtrain.cpumatmul as cpumatmul
+
 
 def chunk_rows(vocab: int) -> int:
     """Positions per chunk: about 32 MB of fp32 logits, and never fewer than 1024 rows (measured on CPU:
@@ -130,9 +132,11 @@ class _Head(torch.autograd.Function):
 
 
 def head_logits(x: Tensor, weight: Tensor) -> Tensor:
-    """`F.linear(x, weight)` for the output head: `x` (..., C), `weight` (V, C). Compiled without autocast, the
-    product of `_Head`, the same values with the weight gradient up to rounding; eager or under autocast, ATen's
-    own, bit for bit."""
+    """`F.linear(x, weight)` for the output head: `x` (..., C), `weight` (V, C). oneDNN's product where
+    `cpumatmul` routes fp32 there; else compiled without autocast, the product of `_Head`, the same values with
+    the weight gradient up to rounding; eager or under autocast, ATen's own, bit for bit."""
+    if cpumatmul.takes(x, weight):
+        return cpumatmul.linear(x, weight)
     if torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type):
         return _Head.apply(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight)

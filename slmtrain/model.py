@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import slmtrain.cpumatmul as cpumatmul
 from slmtrain.config import ModelConfig
 from slmtrain.headloss import cross_entropy, head_logits, head_loss
 
@@ -105,8 +106,9 @@ def gelu_tanh(x: Tensor) -> Tensor:
 
 
 def apply_linear(x: Tensor, module: nn.Module) -> Tensor:
-    """`module` as a linear map of x: a Linear's own forward, or a tied head's Embedding weight as one."""
-    return module(x) if isinstance(module, nn.Linear) else F.linear(x, module.weight)
+    """`module` as a linear map of x: a Linear's weight and bias, or a tied head's Embedding weight as one
+    (through `cpumatmul.linear`, which picks the CPU's faster fp32 library)."""
+    return cpumatmul.linear(x, module.weight, module.bias if isinstance(module, nn.Linear) else None)
 
 
 def _fp32_attention(q: Tensor) -> bool:
@@ -189,7 +191,7 @@ class CausalSelfAttention(nn.Module):
                 # With past keys and a single query, every key is visible: no mask at all.
                 is_causal=past == 0 and T > 1)
         y = y.to(dtype).transpose(1, 2).contiguous().view(B, T, C)  # (B, n_head, T, hd) -> (B, T, C)
-        return self.resid_drop(self.c_proj(y))
+        return self.resid_drop(apply_linear(y, self.c_proj))
 
 
 class MLP(nn.Module):

@@ -19,6 +19,7 @@ import slmtrain.fsio as fsio
 import slmtrain.runinfo as runinfo
 from slmtrain.checkpoint import cleanup_tmp, find_resume, list_checkpoints
 from slmtrain.config import Config, RunConfig
+from slmtrain.cpumatmul import onednn_enabled, onednn_wins, set_onednn
 from slmtrain.data.prepare import PrepareInterrupted, prepare_data
 from slmtrain.data.stream import build_train_loader, eval_batches
 from slmtrain.errors import CheckpointError, ConfigError, RunLockedError, SlmError, UserError
@@ -63,6 +64,7 @@ def process_settings(run: RunConfig) -> None:
         torch.utils.deterministic.fill_uninitialized_memory = False
     if run.reuse_host_memory:
         keep_freed_memory()
+    set_onednn(onednn_wins(run.cpu_matmul))
 
 
 class RunManager:
@@ -298,7 +300,8 @@ class RunManager:
         else:
             self.console.info(f"{self.model.param_summary()} | {cfg.model.flavour} {cfg.model.n_layer}L "
                               f"{cfg.model.n_head}H {cfg.model.n_embd}d ctx {cfg.model.seq_len} | vocab "
-                              f"{cfg.model.vocab_size} | device {self.device} {cfg.run.precision}")
+                              f"{cfg.model.vocab_size} | device {self.device} {cfg.run.precision}"
+                              f"{' (oneDNN fp32 matmuls)' if self.device.type == 'cpu' and onednn_enabled() else ''}")
             self.metrics.write("event", event="start", step=0, params=self.model.num_params(),
                                non_embedding_params=self.model.num_params(non_embedding=True))
         model = self._wrap()
