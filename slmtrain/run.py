@@ -241,6 +241,10 @@ class RunManager:
                               metrics=MetricsWriter(self.run_dir / "metrics.jsonl", enabled=False),
                               say=self.console.info)
 
+    def _onednn_matmuls(self) -> bool:
+        """Whether this run's fp32 products go through oneDNN (`run.cpu_matmul`; autocast runs keep ATen's)."""
+        return self.device.type == "cpu" and self.cfg.run.precision == "fp32" and onednn_enabled()
+
     def _precision(self, name: str) -> str:
         """run.precision made concrete. The run directory's recipe records the pick, so a resume of an "auto"
         run computes in the precision the run started in, whatever machine it lands on."""
@@ -301,7 +305,7 @@ class RunManager:
             self.console.info(f"{self.model.param_summary()} | {cfg.model.flavour} {cfg.model.n_layer}L "
                               f"{cfg.model.n_head}H {cfg.model.n_embd}d ctx {cfg.model.seq_len} | vocab "
                               f"{cfg.model.vocab_size} | device {self.device} {cfg.run.precision}"
-                              f"{' (oneDNN fp32 matmuls)' if self.device.type == 'cpu' and onednn_enabled() else ''}")
+                              f"{' (oneDNN matmuls)' if self._onednn_matmuls() else ''}")
             self.metrics.write("event", event="start", step=0, params=self.model.num_params(),
                                non_embedding_params=self.model.num_params(non_embedding=True))
         model = self._wrap()
