@@ -14,7 +14,6 @@ single row is a matrix-vector product, which the BLAS does as fast.
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import torch
@@ -30,15 +29,11 @@ def onednn_wins(setting: str) -> bool:
     """Whether `run.cpu_matmul` = `setting` ("auto", "blas", "onednn") routes fp32 CPU products through oneDNN."""
     if setting != "auto":
         return setting == "onednn"
-    return platform.machine() in ("x86_64", "AMD64") and _avx512_elsewhere_than_intel()
-
-
-def _avx512_elsewhere_than_intel() -> bool:
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: leave the BLAS in charge
         return False
-    return "GenuineIntel" not in info and " avx512f" in info and torch.backends.mkldnn.is_available()
+    return "GenuineIntel" not in info and " avx512f" in info  # AVX-512 is x86's alone
 
 
 def set_onednn(on: bool) -> None:

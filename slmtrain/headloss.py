@@ -135,8 +135,7 @@ def head_logits(x: Tensor, weight: Tensor) -> Tensor:
     """`F.linear(x, weight)` for the output head: `x` (..., C), `weight` (V, C). oneDNN's product where
     `cpumatmul` routes fp32 there; else compiled without autocast, the product of `_Head`, the same values with
     the weight gradient up to rounding; eager or under autocast, ATen's own, bit for bit."""
-    if cpumatmul.takes(x, weight):
-        return cpumatmul.linear(x, weight)
-    if torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type):
+    if (torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type)
+            and not cpumatmul.takes(x, weight)):
         return _Head.apply(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])
-    return F.linear(x, weight)
+    return cpumatmul.linear(x, weight)
