@@ -68,9 +68,17 @@ def _setup(ctx, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:  # type:
 
 def _backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[no-untyped-def]
     x, weight = ctx.saved_tensors
-    # oneDNN reads transposed operands through their strides: no copies. The weight gradient is computed as
-    # its transpose, x.T @ grad, whose (K x M) output oneDNN writes faster than grad.T @ x's (M x K).
-    return _linear(grad, weight.t()), _linear(x.t(), grad.t()).t()
+    # The weight gradient sums over the rows, which both x (N, K) and grad (N, M) hold as their outer dimension:
+    # oneDNN takes the product's second operand through its strides but copies a transposed first one into
+    # a dense buffer, with ATen's transposing copy (4.6 ms for 4096 x 512 on a Zen 4 core pair; inductor's
+    # tiled one takes 1.3, and 0.12 at 4096 x 128). So the narrower of the two goes first, transposed here,
+    # where a compiled backward fuses the copy into its own kernel: 4096 x 128 x 512 took 9.1 ms with
+    # oneDNN's copy of x, 3.6 + 0.1 this way.
+    if x.shape[1] <= grad.shape[1]:
+        grad_w = _linear(x.t().contiguous(), grad.t()).t()
+    else:
+        grad_w = _linear(grad.t().contiguous(), x.t())
+    return _linear(grad, weight.t()), grad_w
 
 
 _linear.register_autograd(_backward, setup_context=_setup)
