@@ -81,6 +81,12 @@ def describe(error: BaseException, root: Path, needed: int) -> str:
     problem = space_problem(root, needed, min(at_failure) if at_failure else None)
     if problem is not None:
         return problem
+    if any("unexpected pos" in str(e) for e in _chain(error)):
+        # A short write with room left afterwards: something else filled the disk for a moment (another
+        # job's file, a failed preallocation given back) and freed it again before the space was measured.
+        return (f"no space left on device: a checkpoint write under {mount_point(root)} was cut short, and the "
+                f"filesystem has {fmt_count(free_bytes(root))}B free now, so something else filled it for a "
+                f"moment. Make sure it keeps about {fmt_count(needed)}B free for a checkpoint and resume")
     return f"{type(error).__name__}: {error}"
 
 

@@ -15,7 +15,7 @@ from helpers import events, train_losses, write_recipe
 
 from slmtrain import cli
 from slmtrain.checkpoint import list_checkpoints
-from slmtrain.diskspace import describe
+from slmtrain.diskspace import describe, mount_point
 from slmtrain.verify import verify
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -115,6 +115,19 @@ def test_a_real_enospc_and_eacces_inside_wrappers_are_named(small_fs: Path, tmp_
     denied = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "x"))
     assert describe(CheckpointException("save", {0: denied}), tmp_path, 1).startswith(
         f"permission denied writing {tmp_path / 'x'}")
+
+
+def test_a_short_write_with_room_left_afterwards_is_still_named_a_full_disk(tmp_path: Path) -> None:
+    # Another process can fill the disk for a moment (a preallocation that fails and is given back): torch's
+    # zip writer then stops at "unexpected pos" and the space is back before anyone measures it.
+    short = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    short.free_bytes_at_failure = 10**12  # type: ignore[attr-defined]
+    text = describe(short, tmp_path, 1_000_000)
+    assert text.startswith(f"no space left on device: a checkpoint write under {mount_point(tmp_path)} was cut "
+                           "short"), text
+    assert "1.00MB free for a checkpoint" in text, text
+    # Any other error without an errno keeps its own words.
+    assert describe(RuntimeError("boom"), tmp_path, 1_000_000) == "RuntimeError: boom"
 
 
 @pytest.mark.parametrize("how", ["tmpfs", "fsize"])
