@@ -4,8 +4,8 @@ PyTorch's CPU build hands fp32 matmuls to MKL and bf16 ones to oneDNN. MKL runs 
 CPUs only; on AMD's AVX-512 CPUs it takes its AVX2 path. On a Zen 5 EPYC (2 cores) MKL's fp32 products at the
 training shapes ran at 170-185 GFLOP/s and oneDNN's at 380-410, the forward, the input gradient and the weight
 gradient alike (tools/bench.py, ceilings). On a Zen 4, whose AVX-512 is double-pumped, the gap is smaller
-but oneDNN still wins a whole fp32 step (1.1-1.2x, compiled and eager). `run.cpu_matmul` chooses; "auto" takes oneDNN on x86 CPUs with
-AVX-512 that are not Intel's, a fixed rule so that one machine always computes the same numbers.
+but oneDNN still wins a whole fp32 step (1.1-1.4x). `run.cpu_matmul` chooses; "auto" takes oneDNN on x86 CPUs
+with AVX-512 that are not Intel's, a fixed rule so that one machine always computes the same numbers.
 
 The products go through one custom op with its own backward, so eager and compiled steps run the same kernels
 (inductor calls the op as it is) and the weight gradient is oneDNN's too. Only fp32 inputs with enough rows

@@ -61,7 +61,8 @@ def _chain(error: BaseException) -> list[BaseException]:
 
 def describe(error: BaseException, root: Path, needed: int) -> str:
     """What went wrong writing a checkpoint under `root`, in words a user acts on."""
-    for e in _chain(error):
+    chain = _chain(error)
+    for e in chain:
         code = getattr(e, "errno", None)
         where = getattr(e, "filename", None) or root
         if code in (errno.ENOSPC, errno.EDQUOT):
@@ -77,11 +78,11 @@ def describe(error: BaseException, root: Path, needed: int) -> str:
     if limit != resource.RLIM_INFINITY and limit < needed:
         return (f"file size limit exceeded: this process may write files of at most {fmt_count(limit)}B (see "
                 f"`ulimit -f`) and a checkpoint holds about {fmt_count(needed)}B. Raise the limit and resume")
-    at_failure = [f for e in _chain(error) if (f := getattr(e, "free_bytes_at_failure", None)) is not None]
+    at_failure = [f for e in chain if (f := getattr(e, "free_bytes_at_failure", None)) is not None]
     problem = space_problem(root, needed, min(at_failure) if at_failure else None)
     if problem is not None:
         return problem
-    if any("unexpected pos" in str(e) for e in _chain(error)):
+    if any("unexpected pos" in str(e) for e in chain):
         # A short write with room left afterwards: something else filled the disk for a moment (another
         # job's file, a failed preallocation given back) and freed it again before the space was measured.
         return (f"no space left on device: a checkpoint write under {mount_point(root)} was cut short, and the "
